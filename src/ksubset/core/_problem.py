@@ -1,0 +1,195 @@
+"""Input checking and reduction of a public call to a canonical batched problem.
+
+Every public function goes through :func:`prepare`, which
+
+* checks the arguments and raises ``TypeError`` / ``ValueError`` naming the argument (and the row),
+* flattens the batch to ``[B, n]``,
+* removes the two kinds of extreme items: unavailable ones (``mask == False`` or ``-inf`` logits) are
+  never selected, forced ones (``+inf`` logits) are always selected, so the remaining *free* items carry a
+  reduced requirement ``k_free = k - #forced``.
+
+The engines (``reference``, ``tree``, ``kernels``) only ever see the canonical problem: free items have
+finite logits, every other item has logit ``-inf``, and ``0 <= k_free <= #free`` holds in every row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["Problem", "prepare", "compute_dtype"]
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float16/bfloat16 are computed in float32; float32/float64 as they are."""
+    if dtype in (torch.float16, torch.bfloat16):
+        return torch.float32
+    return dtype
+
+
+@dataclass
+class Problem:
+    """A validated, flattened k-subset problem.
+
+    Attributes:
+        theta: ``[B, n]`` logits in the compute dtype; finite on free items, ``-inf`` elsewhere. Keeps the
+            autograd link to the caller's logits (gradients reach the free items only).
+        k: ``[B]`` int64, how many *free* items each row selects.
+        free: ``[B, n]`` bool, items that are neither forced nor unavailable.
+        forced: ``[B, n]`` bool, items that are always selected (``+inf`` logits that are available).
+        available: ``[B, n]`` bool, items that may be selected (free or forced).
+        k_max: ``max(k)`` as a Python int (the truncation length of every count table is ``k_max + 1``).
+        batch_shape: the caller's batch shape (``logits.shape[:-1]``).
+        dtype: the caller's dtype (outputs are cast back to it).
+    """
+
+    theta: Tensor
+    k: Tensor
+    free: Tensor
+    forced: Tensor
+    available: Tensor
+    k_max: int
+    batch_shape: torch.Size
+    dtype: torch.dtype
+
+    @property
+    def n(self) -> int:
+        return self.theta.shape[-1]
+
+    def unflatten(self, x: Tensor, event_dims: int = 1) -> Tensor:
+        """``[..., B, *event]`` → ``[..., *batch_shape, *event]`` (event_dims trailing dims are kept)."""
+        lead = x.shape[: x.dim() - 1 - event_dims]
+        event = x.shape[x.dim() - event_dims :]
+        return x.reshape(*lead, *self.batch_shape, *event)
+
+
+def _row_of(flat_index: int, batch_shape: torch.Size) -> tuple[int, ...]:
+    idx = []
+    for size in reversed(batch_shape):
+        idx.append(flat_index % size)
+        flat_index //= size
+    return tuple(reversed(idx))
+
+
+def check_logits(logits: object, name: str = "logits") -> Tensor:
+    if not isinstance(logits, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(logits).__name__}")
+    if not logits.is_floating_point():
+        raise TypeError(
+            f"{name} must have a floating-point dtype (float16, bfloat16, float32 or float64), "
+            f"got {logits.dtype}"
+        )
+    if logits.dim() == 0:
+        raise ValueError(f"{name} must have at least one dimension (the items), got a 0-dimensional tensor")
+    return logits
+
+
+def check_mask(mask: object, logits: Tensor) -> Tensor | None:
+    if mask is None:
+        return None
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"mask must be a bool torch.Tensor or None, got {type(mask).__name__}")
+    if mask.dtype != torch.bool:
+        raise TypeError(f"mask must have dtype torch.bool (True = available), got {mask.dtype}")
+    try:
+        shape = torch.broadcast_shapes(mask.shape, logits.shape)
+    except RuntimeError:
+        shape = None
+    if shape != logits.shape:
+        raise ValueError(
+            f"mask of shape {tuple(mask.shape)} does not broadcast to the logits' shape {tuple(logits.shape)}"
+        )
+    return mask.to(logits.device).expand(logits.shape)
+
+
+def check_k(k: object, batch_shape: torch.Size, device: torch.device) -> Tensor:
+    """``k`` as an int64 tensor of shape ``batch_shape``."""
+    if isinstance(k, bool):
+        raise TypeError("k must be an int or an integer tensor, got bool")
+    if isinstance(k, int):
+        if k < 0:
+            raise ValueError(f"k must be >= 0, got {k}")
+        return torch.full(batch_shape, k, dtype=torch.int64, device=device)
+    if isinstance(k, Tensor):
+        if k.dtype == torch.bool or k.is_floating_point() or k.is_complex():
+            raise TypeError(f"k must be an int or an integer tensor, got a tensor of dtype {k.dtype}")
+        try:
+            kb = k.to(device=device, dtype=torch.int64).expand(batch_shape)
+        except RuntimeError:
+            raise ValueError(
+                f"k of shape {tuple(k.shape)} does not broadcast to the batch shape {tuple(batch_shape)} "
+                "(the logits' shape without the last dimension)"
+            ) from None
+        return kb
+    # numpy integers and the like
+    try:
+        import numbers
+
+        if isinstance(k, numbers.Integral):
+            return check_k(int(k), batch_shape, device)
+    except Exception:  # pragma: no cover - defensive
+        pass
+    raise TypeError(f"k must be an int or an integer tensor, got {type(k).__name__}")
+
+
+def prepare(logits: Tensor, k: int | Tensor, mask: Tensor | None = None, *, name: str = "logits") -> Problem:
+    """Validate a public call and reduce it to the canonical free-item problem (see module docstring)."""
+    logits = check_logits(logits, name)
+    mask = check_mask(mask, logits)
+    batch_shape = logits.shape[:-1]
+    n = logits.shape[-1]
+    device = logits.device
+    kt = check_k(k, batch_shape, device)
+
+    dt = compute_dtype(logits.dtype)
+    x = logits.reshape(-1, n).to(dt)
+    kf = kt.reshape(-1)
+    B = x.shape[0]
+
+    with torch.no_grad():
+        avail = x != float("-inf")
+        if mask is not None:
+            avail = avail & mask.reshape(-1, n)
+        forced = avail & (x == float("inf"))
+        free = avail & ~forced
+        isnan = torch.isnan(x)
+        n_avail = avail.sum(-1)
+        n_forced = forced.sum(-1)
+        bad = isnan.any(-1) | (kf < 0) | (kf > n_avail) | (n_forced > kf)
+        if B > 0 and bool(bad.any()):
+            _raise_first_problem(isnan, kf, n_avail, n_forced, batch_shape, name)
+        k_free = kf - n_forced
+        k_max = int(k_free.max()) if B > 0 else 0
+
+    # where() keeps the autograd link for free items and cuts it elsewhere.
+    theta = torch.where(free, x, torch.full((), float("-inf"), dtype=dt, device=device))
+    return Problem(theta, k_free, free, forced, avail, k_max, batch_shape, logits.dtype)
+
+
+def _raise_first_problem(isnan, kf, n_avail, n_forced, batch_shape, name) -> None:
+    def where(i: int) -> str:
+        return f" in row {_row_of(i, batch_shape)}" if len(batch_shape) else ""
+
+    rows = torch.nonzero(isnan.any(-1)).flatten()
+    if len(rows):
+        i = int(rows[0])
+        raise ValueError(f"{name} contains NaN{where(i)} ({len(rows)} row(s) affected)")
+    rows = torch.nonzero(kf < 0).flatten()
+    if len(rows):
+        i = int(rows[0])
+        raise ValueError(f"k must be >= 0, got k={int(kf[i])}{where(i)}")
+    rows = torch.nonzero(kf > n_avail).flatten()
+    if len(rows):
+        i = int(rows[0])
+        raise ValueError(
+            f"k={int(kf[i])} is larger than the number of available items ({int(n_avail[i])}){where(i)}: "
+            "masked-out items and -inf logits cannot be selected"
+        )
+    rows = torch.nonzero(n_forced > kf).flatten()
+    if len(rows):
+        i = int(rows[0])
+        raise ValueError(
+            f"{name} has {int(n_forced[i])} +inf entries (forced items){where(i)}, more than k={int(kf[i])}"
+        )

@@ -1,0 +1,241 @@
+"""Exact inference on the k-subset distribution ``p(z) ∝ exp(theta · z)``, ``z ∈ {0,1}^n``, ``|z| = k``.
+
+Shapes: ``logits [..., n]`` (any batch shape); ``k`` an int or an integer tensor broadcastable to
+``logits.shape[:-1]``; ``mask [..., n]`` bool, True = available. Results keep the logits' dtype and device
+(float16/bfloat16 are computed in float32 inside).
+
+Extreme logits: ``-inf`` (or ``mask == False``) means *never selected*; ``+inf`` means *always selected*.
+Forced items are conditioned on: they contribute nothing to ``theta · z`` or to ``log_partition``, so the
+log-partition, log-probabilities, entropy and KL are those of the distribution over the remaining (free)
+items, which choose ``k - #forced`` of themselves.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ._problem import Problem, check_logits, prepare
+from .functions import LogPartition, Marginals, SampleAndMarginals, engine_for
+
+__all__ = [
+    "log_partition",
+    "marginals",
+    "sample",
+    "sample_and_marginals",
+    "log_prob",
+    "entropy",
+    "kl_divergence",
+    "kl_uniform",
+    "mode",
+]
+
+_SampleShape = int | Sequence[int] | torch.Size
+
+
+def _log_z(P: Problem) -> Tensor:
+    """Differentiable ``log Z`` of the free items, ``[B]`` in the compute dtype."""
+    return LogPartition.apply(P.theta, P.k, P.k_max, engine_for(P.theta))
+
+
+def _free_marginals(P: Problem) -> Tensor:
+    """Differentiable marginals of the free items (0 elsewhere), ``[B, n]`` in the compute dtype."""
+    return Marginals.apply(P.theta, P.k, P.k_max, engine_for(P.theta))
+
+
+def _theta_or_zero(P: Problem) -> Tensor:
+    return torch.where(P.free, P.theta, 0.0)
+
+
+def log_partition(logits: Tensor, k: int | Tensor, mask: Tensor | None = None) -> Tensor:
+    """``log e_k(exp theta)`` per row, ``[...]``. Differentiable (gradient = marginals, Hessian = Cov)."""
+    P = prepare(logits, k, mask)
+    return _log_z(P).reshape(P.batch_shape).to(P.dtype)
+
+
+def marginals(logits: Tensor, k: int | Tensor, mask: Tensor | None = None) -> Tensor:
+    """Inclusion probabilities ``Pr(z_i = 1)``, ``[..., n]``; sums to ``k`` per row.
+
+    Differentiable: the vector-Jacobian product is ``Cov(z) g``.
+    """
+    P = prepare(logits, k, mask)
+    mu = _free_marginals(P) + P.forced.to(P.theta.dtype)
+    return P.unflatten(mu).to(P.dtype)
+
+
+def _num_samples(sample_shape: _SampleShape) -> tuple[torch.Size, int]:
+    if isinstance(sample_shape, int):
+        sample_shape = (sample_shape,)
+    try:
+        shape = torch.Size(sample_shape)
+    except TypeError:
+        raise TypeError(f"sample_shape must be a sequence of ints, got {sample_shape!r}") from None
+    if any(s < 0 for s in shape):
+        raise ValueError(f"sample_shape must be non-negative, got {tuple(shape)}")
+    return shape, math.prod(shape)
+
+
+def _finish_samples(P: Problem, z: Tensor, sample_shape: torch.Size) -> Tensor:
+    z = (z.bool() | P.forced).to(P.dtype)
+    return z.reshape(*sample_shape, *P.batch_shape, P.n)
+
+
+def sample(
+    logits: Tensor,
+    k: int | Tensor,
+    mask: Tensor | None = None,
+    *,
+    sample_shape: _SampleShape = (),
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Exact draws from the k-subset distribution, ``[*sample_shape, ..., n]``, 0/1 in the logits' dtype.
+
+    Every row has exactly ``k`` ones. This is *not* Gumbel top-k (sampling without replacement), which is a
+    different distribution. Randomness comes only from ``generator`` (or the global generator).
+    """
+    P = prepare(logits, k, mask)
+    shape, S = _num_samples(sample_shape)
+    with torch.no_grad():
+        z = engine_for(P.theta).sample(P.theta.detach(), P.k, P.k_max, S, generator)
+    return _finish_samples(P, z, shape)
+
+
+def sample_and_marginals(
+    logits: Tensor,
+    k: int | Tensor,
+    mask: Tensor | None = None,
+    *,
+    sample_shape: _SampleShape = (),
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Exact draws ``[*sample_shape, ..., n]`` and differentiable marginals ``[..., n]`` from one pass.
+
+    The building block of SIMPLE (``z + mu - mu.detach()``); cheaper than calling ``sample`` and
+    ``marginals`` separately.
+    """
+    P = prepare(logits, k, mask)
+    shape, S = _num_samples(sample_shape)
+    z, mu = SampleAndMarginals.apply(P.theta, P.k, P.k_max, engine_for(P.theta), S, generator)
+    mu = mu + P.forced.to(mu.dtype)
+    return _finish_samples(P, z, shape), P.unflatten(mu).to(P.dtype)
+
+
+def _check_z(z: object, logits: Tensor) -> Tensor:
+    if not isinstance(z, Tensor):
+        raise TypeError(f"z must be a torch.Tensor, got {type(z).__name__}")
+    if z.dim() == 0 or z.shape[-1] != logits.shape[-1]:
+        raise ValueError(
+            f"z must have the items in its last dimension ({logits.shape[-1]}), got shape {tuple(z.shape)}"
+        )
+    try:
+        torch.broadcast_shapes(z.shape, logits.shape)
+    except RuntimeError:
+        raise ValueError(
+            f"z of shape {tuple(z.shape)} does not broadcast with the logits' shape {tuple(logits.shape)}"
+        ) from None
+    return z
+
+
+def _support_check(P: Problem, z: Tensor) -> tuple[Tensor, Tensor]:
+    """``z`` as compute-dtype ``[..., *batch, n]`` and whether each is a valid k-subset, ``[..., *batch]``."""
+    zc = z.to(P.theta.dtype)
+    free = P.unflatten(P.free)
+    forced = P.unflatten(P.forced)
+    k_free = P.k.reshape(P.batch_shape)
+    binary = ((zc == 0) | (zc == 1)).all(-1)
+    on_support = (
+        binary
+        & torch.where(free | forced, True, zc == 0).all(-1)
+        & torch.where(forced, zc == 1, True).all(-1)
+        & ((zc * free).sum(-1) == k_free)
+    )
+    return zc, on_support
+
+
+def log_prob(
+    logits: Tensor, k: int | Tensor, z: Tensor, mask: Tensor | None = None, *, validate: bool = False
+) -> Tensor:
+    """``theta · z - log Z`` for each k-subset ``z [..., n]`` (``z`` broadcasts against ``logits``).
+
+    Returns ``-inf`` where ``z`` is not a k-subset of the available items (or misses a forced item); with
+    ``validate=True`` raises ``ValueError`` instead.
+    """
+    logits = check_logits(logits)
+    z = _check_z(z, logits)
+    P = prepare(logits, k, mask)
+    zc, ok = _support_check(P, z)
+    if validate and not bool(ok.all()):
+        raise ValueError("z is not a k-subset of the available items in every row (see ksubset.log_prob)")
+    score = (P.unflatten(_theta_or_zero(P)) * zc).sum(-1)
+    lp = score - _log_z(P).reshape(P.batch_shape)
+    return torch.where(ok, lp, float("-inf")).to(P.dtype)
+
+
+def _entropy(P: Problem) -> Tensor:
+    return _log_z(P) - (_theta_or_zero(P) * _free_marginals(P)).sum(-1)
+
+
+def entropy(logits: Tensor, k: int | Tensor, mask: Tensor | None = None) -> Tensor:
+    """Exact entropy ``H = log Z - theta · mu`` per row, ``[...]``; differentiable."""
+    P = prepare(logits, k, mask)
+    return _entropy(P).reshape(P.batch_shape).to(P.dtype)
+
+
+def kl_uniform(logits: Tensor, k: int | Tensor, mask: Tensor | None = None) -> Tensor:
+    """``KL(p_theta || uniform k-subsets of the available items) = log C(m, k) - H``, ``[...]``.
+
+    The prior term of a discrete VAE with k-subset latents.
+    """
+    P = prepare(logits, k, mask)
+    m = P.available.sum(-1).to(P.theta.dtype)
+    k_full = (P.k + P.forced.sum(-1)).to(P.theta.dtype)
+    log_binom = torch.lgamma(m + 1) - torch.lgamma(k_full + 1) - torch.lgamma(m - k_full + 1)
+    return (log_binom - _entropy(P)).reshape(P.batch_shape).to(P.dtype)
+
+
+def kl_divergence(
+    p_logits: Tensor, q_logits: Tensor, k: int | Tensor, mask: Tensor | None = None
+) -> Tensor:
+    """Exact ``KL(p || q)`` between two k-subset distributions on the same items, ``[...]``.
+
+    ``KL = (theta - phi) · mu_theta - log Z(theta) + log Z(phi)``; ``+inf`` where ``p`` puts mass on subsets
+    that ``q`` excludes (an item ``q`` cannot select, or an item ``q`` forces and ``p`` may leave out).
+    """
+    check_logits(p_logits, "p_logits")
+    check_logits(q_logits, "q_logits")
+    try:
+        shape = torch.broadcast_shapes(p_logits.shape, q_logits.shape)
+    except RuntimeError:
+        raise ValueError(
+            f"p_logits {tuple(p_logits.shape)} and q_logits {tuple(q_logits.shape)} do not broadcast"
+        ) from None
+    if p_logits.shape[-1] != q_logits.shape[-1]:
+        raise ValueError("p_logits and q_logits must have the same number of items (last dimension)")
+    P = prepare(p_logits.expand(shape), k, mask, name="p_logits")
+    Q = prepare(q_logits.expand(shape), k, mask, name="q_logits")
+    mu = _free_marginals(P) + P.forced.to(P.theta.dtype)
+    kl = ((_theta_or_zero(P) - _theta_or_zero(Q).to(P.theta.dtype)) * mu).sum(-1) - _log_z(P)
+    kl = kl + _log_z(Q).to(kl.dtype)
+    may_select = P.forced | (P.free & (P.k > 0).unsqueeze(-1))
+    must_select = P.forced | (P.free & (P.k == P.free.sum(-1)).unsqueeze(-1))
+    incompatible = (may_select & ~Q.available).any(-1) | (Q.forced & ~must_select).any(-1)
+    kl = torch.where(incompatible, float("inf"), kl)
+    return kl.reshape(P.batch_shape).to(P.dtype)
+
+
+def mode(logits: Tensor, k: int | Tensor, mask: Tensor | None = None) -> Tensor:
+    """The most probable k-subset (top-k of the available logits), ``[..., n]`` 0/1 in the logits' dtype."""
+    P = prepare(logits, k, mask)
+    with torch.no_grad():
+        k_full = P.k + P.forced.sum(-1)
+        K = int(k_full.max()) if k_full.numel() else 0
+        x = torch.where(P.forced, float("inf"), P.theta.detach())
+        z = torch.zeros_like(x)
+        if K > 0:
+            idx = x.topk(K, dim=-1).indices
+            keep = torch.arange(K, device=x.device) < k_full.unsqueeze(-1)
+            z.scatter_(-1, idx, keep.to(z.dtype))
+    return P.unflatten(z).to(P.dtype)

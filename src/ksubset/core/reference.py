@@ -1,0 +1,80 @@
+"""Reference engine: the original sequential algorithm, kept as test oracle and benchmark baseline.
+
+* ``a[i][j] = log e_j(exp theta_1..i)`` built one item at a time in log space (``n`` sequential steps);
+* marginals by autograd of ``a[n][k]``; covariance-vector products by double backward;
+* exact sampling by walking the table backwards, item by item:
+  ``Pr(z_i = 1 | j still needed) = exp(theta_i + a[i-1][j-1] - a[i][j])``.
+
+It is exact and simple, and slow: use the production engine (:mod:`.tree`, :mod:`.kernels`) for real work.
+Same interface as the other engines (canonical problem, see :mod:`._problem`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["log_partition", "marginals", "cov_vec", "sample", "table"]
+
+# A finite stand-in for log 0, so that autograd through logaddexp never meets (-inf) - (-inf).
+_LOG_ZERO = -1e30
+
+
+def table(theta: Tensor, K: int) -> Tensor:
+    """The log-space table ``[n + 1, B, K + 1]`` (row ``i`` = first ``i`` items), differentiable."""
+    B, n = theta.shape
+    t = torch.where(torch.isfinite(theta), theta, torch.full_like(theta, _LOG_ZERO))
+    row = torch.full((B, K + 1), _LOG_ZERO, dtype=theta.dtype, device=theta.device)
+    row = torch.cat([torch.zeros_like(row[:, :1]), row[:, 1:]], dim=1)
+    rows = [row]
+    for i in range(n):
+        take = torch.cat([row[:, :1].new_full((B, 1), _LOG_ZERO), row[:, :-1] + t[:, i : i + 1]], dim=1)
+        row = torch.logaddexp(row, take)
+        rows.append(row)
+    return torch.stack(rows)
+
+
+def _log_z(theta: Tensor, k: Tensor, K: int) -> Tensor:
+    return table(theta, K)[-1].gather(-1, k.unsqueeze(-1)).squeeze(-1)
+
+
+def log_partition(theta: Tensor, k: Tensor, K: int) -> Tensor:
+    return _log_z(theta, k, K)
+
+
+def marginals(theta: Tensor, k: Tensor, K: int) -> Tensor:
+    with torch.enable_grad():
+        t = theta.detach().requires_grad_(True)
+        (mu,) = torch.autograd.grad(_log_z(t, k, K).sum(), t)
+    return mu.detach()
+
+
+def cov_vec(theta: Tensor, k: Tensor, K: int, v: Tensor) -> Tensor:
+    with torch.enable_grad():
+        t = theta.detach().requires_grad_(True)
+        (mu,) = torch.autograd.grad(_log_z(t, k, K).sum(), t, create_graph=True)
+        v = torch.where(torch.isfinite(theta), v, 0.0)
+        (hv,) = torch.autograd.grad((mu * v).sum(), t)
+    return hv.detach()
+
+
+def sample(theta: Tensor, k: Tensor, K: int, num_samples: int, generator=None) -> Tensor:
+    B, n = theta.shape
+    with torch.no_grad():
+        a = table(theta, K)  # [n + 1, B, K + 1]
+        t = torch.where(torch.isfinite(theta), theta, torch.full_like(theta, _LOG_ZERO))
+        need = k.unsqueeze(0).expand(num_samples, B).clone()  # [S, B]
+        z = torch.zeros(num_samples, B, n, dtype=torch.int64, device=theta.device)
+        u = torch.rand(num_samples, B, n, generator=generator, device=theta.device, dtype=theta.dtype)
+        for i in range(n, 0, -1):
+            j = need
+            prev = a[i - 1].unsqueeze(0).expand(num_samples, B, K + 1)
+            cur = a[i].unsqueeze(0).expand(num_samples, B, K + 1)
+            jm1 = (j - 1).clamp(min=0)
+            log_p = t[:, i - 1] + prev.gather(-1, jm1.unsqueeze(-1)).squeeze(-1) - cur.gather(
+                -1, j.unsqueeze(-1)
+            ).squeeze(-1)
+            take = (j > 0) & (u[:, :, i - 1] < torch.exp(log_p))
+            z[:, :, i - 1] = take.long()
+            need = need - take.long()
+    return z
