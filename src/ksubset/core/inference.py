@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 from torch import Tensor
 
 from ._problem import Problem, check_logits, prepare
 from .functions import LogPartition, Marginals, SampleAndMarginals, engine_for
+from .tree import tilt
 
 __all__ = [
     "log_partition",
@@ -174,7 +176,19 @@ def log_prob(
     return torch.where(ok, lp, float("-inf")).to(P.dtype)
 
 
+def _tilted(P: Problem) -> Problem:
+    """The same problem with each row's logits shifted so that ``sum sigmoid(theta) ≈ k``.
+
+    Shifting changes nothing mathematically (``p_{theta + c} = p_theta``), but quantities computed as
+    differences of large terms (entropy, KL) lose ``|theta| * eps`` to cancellation; after the shift the terms
+    are of the size of the result. The shift is detached, which is exact for shift-invariant quantities.
+    """
+    c = tilt(P.theta.detach(), P.k)
+    return replace(P, theta=P.theta + c.unsqueeze(-1))
+
+
 def _entropy(P: Problem) -> Tensor:
+    P = _tilted(P)
     return _log_z(P) - (_theta_or_zero(P) * _free_marginals(P)).sum(-1)
 
 
@@ -214,9 +228,10 @@ def kl_divergence(
         ) from None
     if p_logits.shape[-1] != q_logits.shape[-1]:
         raise ValueError("p_logits and q_logits must have the same number of items (last dimension)")
-    P = prepare(p_logits.expand(shape), k, mask, name="p_logits")
-    Q = prepare(q_logits.expand(shape), k, mask, name="q_logits")
+    P = _tilted(prepare(p_logits.expand(shape), k, mask, name="p_logits"))
+    Q = _tilted(prepare(q_logits.expand(shape), k, mask, name="q_logits"))
     mu = _free_marginals(P) + P.forced.to(P.theta.dtype)
+    # KL is invariant to shifting theta and phi separately, so the tilted logits may be used.
     kl = ((_theta_or_zero(P) - _theta_or_zero(Q).to(P.theta.dtype)) * mu).sum(-1) - _log_z(P)
     kl = kl + _log_z(Q).to(kl.dtype)
     may_select = P.forced | (P.free & (P.k > 0).unsqueeze(-1))

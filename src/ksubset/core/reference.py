@@ -20,6 +20,12 @@ __all__ = ["log_partition", "marginals", "cov_vec", "sample", "table"]
 _LOG_ZERO = -1e30
 
 
+def _logaddexp(a: Tensor, b: Tensor) -> Tensor:
+    """``log(e^a + e^b)`` whose double backward stays finite (torch.logaddexp's gives inf/inf far apart)."""
+    m = torch.maximum(a, b).detach()
+    return m + torch.log(torch.exp(a - m) + torch.exp(b - m))
+
+
 def table(theta: Tensor, K: int) -> Tensor:
     """The log-space table ``[n + 1, B, K + 1]`` (row ``i`` = first ``i`` items), differentiable."""
     B, n = theta.shape
@@ -29,7 +35,7 @@ def table(theta: Tensor, K: int) -> Tensor:
     rows = [row]
     for i in range(n):
         take = torch.cat([row[:, :1].new_full((B, 1), _LOG_ZERO), row[:, :-1] + t[:, i : i + 1]], dim=1)
-        row = torch.logaddexp(row, take)
+        row = _logaddexp(row, take)
         rows.append(row)
     return torch.stack(rows)
 

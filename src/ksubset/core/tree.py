@@ -157,8 +157,13 @@ def _root_value(levels, k: Tensor) -> Tensor:
     return torch.log(v[:, 0].gather(-1, k.unsqueeze(-1)).squeeze(-1)) + s[:, 0]
 
 
+def softplus(x: Tensor) -> Tensor:
+    """``log(1 + e^x)`` to full precision (``F.softplus`` returns ``x`` above 20, off by ``e^-20``)."""
+    return x.clamp(min=0) + torch.log1p(torch.exp(-x.abs()))
+
+
 def _log_partition_from(x: Tensor, levels, k: Tensor, c: Tensor) -> Tensor:
-    return -c * k.to(x.dtype) + _root_value(levels, k) + F.softplus(x).sum(-1)
+    return -c * k.to(x.dtype) + _root_value(levels, k) + softplus(x).sum(-1)
 
 
 def _outside_leaves(levels, k: Tensor) -> tuple[Tensor, Tensor]:
@@ -186,7 +191,7 @@ def _marginals_from(x: Tensor, levels, k: Tensor, n: int) -> Tensor:
     tiny = torch.finfo(x.dtype).tiny
     log_mu = F.logsigmoid(x) + torch.log(o[..., 1].clamp_min(tiny)) + r
     mu = torch.exp(log_mu.clamp(max=0.0))
-    return torch.where(torch.isfinite(x), mu, 0.0)[:, :n]
+    return torch.where(torch.isfinite(x) & (o[..., 1] > 0), mu, 0.0)[:, :n]
 
 
 def _marginals_given_tilt(theta: Tensor, k: Tensor, K: int, c: Tensor) -> Tensor:

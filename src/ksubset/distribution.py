@@ -1,0 +1,111 @@
+"""``KSubset``: the k-subset distribution as a ``torch.distributions.Distribution``."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution, constraints, register_kl
+from torch.distributions.utils import lazy_property
+
+from . import core
+from .core._problem import check_k, check_logits, check_mask, prepare
+from .estimators.simple import simple
+
+__all__ = ["KSubset"]
+
+
+class KSubset(Distribution):
+    """Uniform-exponential-family distribution over k-hot vectors: ``p(z) ∝ exp(logits · z)``, ``|z| = k``.
+
+    Args:
+        logits: ``[*batch, n]`` real logits; ``-inf`` = never selected, ``+inf`` = always selected.
+        k: int or integer tensor broadcastable to ``batch``, the subset size per row.
+        mask: optional ``[*batch, n]`` bool, True = available (same as ``-inf`` logits where False).
+        validate_args: as in ``torch.distributions``; when on, ``log_prob`` raises on values that are not
+            k-subsets instead of returning ``-inf``.
+
+    ``batch_shape = logits.shape[:-1]``, ``event_shape = (n,)``. ``rsample`` is SIMPLE: an exact sample whose
+    gradient is the exact-marginal Jacobian. ``torch.distributions.kl_divergence`` is exact.
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.independent(constraints.boolean, 1)
+    has_rsample = True
+
+    def __init__(
+        self,
+        logits: Tensor,
+        k: int | Tensor,
+        mask: Tensor | None = None,
+        validate_args: bool | None = None,
+    ) -> None:
+        check_logits(logits)
+        mask = check_mask(mask, logits)
+        self.logits = logits
+        self.mask = mask
+        self.k = check_k(k, logits.shape[:-1], logits.device)
+        prepare(logits, self.k, mask)  # raises on NaN, impossible k, too many forced items
+        super().__init__(logits.shape[:-1], logits.shape[-1:], validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(KSubset, _instance)
+        batch_shape = torch.Size(batch_shape)
+        shape = batch_shape + self.event_shape
+        new.logits = self.logits.expand(shape)
+        new.mask = None if self.mask is None else self.mask.expand(shape)
+        new.k = self.k.expand(batch_shape)
+        super(KSubset, new).__init__(batch_shape, self.event_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    @property
+    def _effective_logits(self) -> Tensor:
+        """Logits with the mask folded in as ``-inf`` (the gradient still reaches available items)."""
+        if self.mask is None:
+            return self.logits
+        return torch.where(self.mask, self.logits, float("-inf"))
+
+    def sample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> Tensor:
+        return core.sample(self.logits, self.k, self.mask, sample_shape=sample_shape, generator=generator)
+
+    def rsample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> Tensor:
+        shape = torch.Size(sample_shape) + self.logits.shape
+        batch = torch.Size(sample_shape) + self.batch_shape
+        mask = None if self.mask is None else self.mask.expand(shape)
+        return simple(self.logits.expand(shape), self.k.expand(batch), mask, generator=generator)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        return core.log_prob(self.logits, self.k, value, self.mask, validate=bool(self._validate_args))
+
+    def entropy(self) -> Tensor:
+        return core.entropy(self.logits, self.k, self.mask)
+
+    @lazy_property
+    def log_partition(self) -> Tensor:
+        """``log e_k(exp logits)`` per row, ``batch_shape``."""
+        return core.log_partition(self.logits, self.k, self.mask)
+
+    @property
+    def mean(self) -> Tensor:
+        return core.marginals(self.logits, self.k, self.mask)
+
+    @property
+    def variance(self) -> Tensor:
+        mu = self.mean
+        return mu * (1 - mu)
+
+    @property
+    def mode(self) -> Tensor:
+        return core.mode(self.logits, self.k, self.mask)
+
+    def __repr__(self) -> str:
+        return f"KSubset(batch_shape={tuple(self.batch_shape)}, n={self.event_shape[0]})"
+
+
+@register_kl(KSubset, KSubset)
+def _kl_ksubset(p: KSubset, q: KSubset) -> Tensor:
+    if p.event_shape != q.event_shape:
+        raise ValueError(f"KL between KSubsets needs the same n, got {p.event_shape} and {q.event_shape}")
+    if p.k.shape != q.k.shape or not bool((p.k == q.k).all()):
+        raise ValueError("KL between KSubsets needs the same k in every row")
+    return core.kl_divergence(p._effective_logits, q._effective_logits, p.k)
