@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["log_partition", "marginals", "cov_vec", "sample", "table"]
+__all__ = ["log_partition", "marginals", "cov_vec", "sample", "sample_and_marginals", "table"]
 
 # A finite stand-in for log 0, so that autograd through logaddexp never meets (-inf) - (-inf).
 _LOG_ZERO = -1e30
@@ -84,3 +84,7 @@ def sample(theta: Tensor, k: Tensor, K: int, num_samples: int, generator=None) -
             z[:, :, i - 1] = take.long()
             need = need - take.long()
     return z
+
+
+def sample_and_marginals(theta: Tensor, k: Tensor, K: int, num_samples: int, generator=None):
+    return sample(theta, k, K, num_samples, generator), marginals(theta, k, K)
