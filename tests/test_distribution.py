@@ -8,6 +8,7 @@ from torch.distributions import kl_divergence
 
 import ksubset
 from ksubset import KSubset
+
 from oracle import enumerate_row, kl_rows
 
 

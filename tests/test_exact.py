@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import ksubset
+
 from oracle import enumerate_row, kl_rows
 
 SCALES = [0.01, 1.0, 30.0, 1000.0]

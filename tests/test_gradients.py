@@ -7,6 +7,7 @@ import torch
 from torch.autograd import gradcheck, gradgradcheck
 
 import ksubset
+
 from oracle import enumerate_row
 
 

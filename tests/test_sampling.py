@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import ksubset
+
 from oracle import enumerate_row
 
 

@@ -13,6 +13,8 @@ from .estimators.simple import simple
 
 __all__ = ["KSubset"]
 
+_EMPTY = torch.Size()
+
 
 class KSubset(Distribution):
     """Uniform-exponential-family distribution over k-hot vectors: ``p(z) ∝ exp(logits · z)``, ``|z| = k``.
@@ -65,10 +67,10 @@ class KSubset(Distribution):
             return self.logits
         return torch.where(self.mask, self.logits, float("-inf"))
 
-    def sample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> Tensor:
+    def sample(self, sample_shape=_EMPTY, generator: torch.Generator | None = None) -> Tensor:
         return core.sample(self.logits, self.k, self.mask, sample_shape=sample_shape, generator=generator)
 
-    def rsample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> Tensor:
+    def rsample(self, sample_shape=_EMPTY, generator: torch.Generator | None = None) -> Tensor:
         shape = torch.Size(sample_shape) + self.logits.shape
         batch = torch.Size(sample_shape) + self.batch_shape
         mask = None if self.mask is None else self.mask.expand(shape)
