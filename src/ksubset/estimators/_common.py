@@ -1,0 +1,145 @@
+"""Shared plumbing for the estimators: the canonical batched problem, hyper-parameter checks, and an
+autograd Function whose backward pass is any closure of the incoming gradient.
+
+Only the public functions of :mod:`ksubset.core` are used here (layering: core ← estimators).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from .. import core
+
+__all__ = ["Canonical", "canonical", "compute_dtype", "custom_backward", "check"]
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float16/bfloat16 are computed in float32 inside (as in the core); float32/float64 as they are."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+@dataclass
+class Canonical:
+    """A validated call flattened to ``[B, n]``.
+
+    ``theta`` keeps the autograd link to the caller's logits on the *free* items (finite, available) and is
+    ``-inf`` elsewhere; ``forced`` items (``+inf`` logits) are always selected; ``k_free = k - #forced``.
+    """
+
+    theta: Tensor
+    free: Tensor
+    forced: Tensor
+    k_full: Tensor
+    k_free: Tensor
+    batch_shape: torch.Size
+    dtype: torch.dtype
+
+    @property
+    def n(self) -> int:
+        return self.theta.shape[-1]
+
+    def unflatten(self, x: Tensor) -> Tensor:
+        return x.reshape(*self.batch_shape, self.n).to(self.dtype)
+
+
+def canonical(logits: Tensor, k: int | Tensor, mask: Tensor | None = None) -> Canonical:
+    """Validate ``(logits, k, mask)`` exactly as the core does, and reduce it to the free-item problem."""
+    # core.mode raises the core's TypeError/ValueError (argument and row named) on any invalid call; the
+    # top-k it computes is cheap next to any estimator.
+    core.mode(logits.detach() if isinstance(logits, Tensor) else logits, k, mask)
+    n = logits.shape[-1]
+    batch = logits.shape[:-1]
+    dt = compute_dtype(logits.dtype)
+    x = logits.reshape(-1, n).to(dt)
+    kt = torch.as_tensor(k, device=logits.device).to(torch.int64).expand(batch).reshape(-1)
+    with torch.no_grad():
+        avail = x != float("-inf")
+        if mask is not None:
+            avail = avail & mask.to(logits.device).expand(logits.shape).reshape(-1, n)
+        forced = avail & (x == float("inf"))
+        free = avail & ~forced
+    theta = torch.where(free, x, torch.full((), float("-inf"), dtype=dt, device=x.device))
+    return Canonical(theta, free, forced, kt, kt - forced.sum(-1), batch, logits.dtype)
+
+
+class _CustomBackward(torch.autograd.Function):
+    """Forward: ``value`` (bit-exact). Backward: ``backward_fn(g)`` as the gradient of ``logits``."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, value: Tensor, backward_fn: Callable[[Tensor], Tensor]) -> Tensor:
+        ctx.backward_fn = backward_fn
+        ctx.logits_meta = (logits.shape, logits.dtype)
+        return value.clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g: Tensor):
+        grad = ctx.backward_fn(g)
+        shape, dtype = ctx.logits_meta
+        ctx.backward_fn = None  # free the closure (and the tensors it holds)
+        return grad.reshape(shape).to(dtype), None, None
+
+
+def custom_backward(logits: Tensor, value: Tensor, backward_fn: Callable[[Tensor], Tensor]) -> Tensor:
+    """``value`` forward; the gradient with respect to ``logits`` is ``backward_fn(dL/dvalue)``.
+
+    ``backward_fn`` receives the incoming gradient (shape of ``value``) and must return a tensor of the
+    logits' shape. Not twice differentiable.
+    """
+    return _CustomBackward.apply(logits, value.detach(), backward_fn)
+
+
+# --------------------------------------------------------------------------------------------------
+# hyper-parameter checks: ValueError/TypeError naming the estimator and the hyper-parameter
+
+
+def _is_real(x: object) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+class check:
+    """Namespace of hyper-parameter validators (each returns the value, normalised)."""
+
+    @staticmethod
+    def positive(est: str, name: str, value: object) -> float:
+        if not _is_real(value) or not math.isfinite(float(value)) or float(value) <= 0:
+            raise ValueError(f"{est}: {name} must be a positive finite number, got {value!r}")
+        return float(value)
+
+    @staticmethod
+    def nonnegative(est: str, name: str, value: object) -> float:
+        if not _is_real(value) or not math.isfinite(float(value)) or float(value) < 0:
+            raise ValueError(f"{est}: {name} must be a finite number >= 0, got {value!r}")
+        return float(value)
+
+    @staticmethod
+    def unit_interval(est: str, name: str, value: object) -> float:
+        """In ``[0, 1)``."""
+        if not _is_real(value) or not (0 <= float(value) < 1):
+            raise ValueError(f"{est}: {name} must be a number in [0, 1), got {value!r}")
+        return float(value)
+
+    @staticmethod
+    def integer(est: str, name: str, value: object, minimum: int) -> int:
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or int(value) < minimum:
+            raise ValueError(f"{est}: {name} must be an integer >= {minimum}, got {value!r}")
+        return int(value)
+
+    @staticmethod
+    def boolean(est: str, name: str, value: object) -> bool:
+        if not isinstance(value, bool):
+            raise TypeError(f"{est}: {name} must be True or False, got {value!r}")
+        return value
+
+    @staticmethod
+    def choice(est: str, name: str, value: object, choices: tuple[str, ...]) -> str:
+        if value not in choices:
+            raise ValueError(f"{est}: {name} must be one of {list(choices)}, got {value!r}")
+        return value  # type: ignore[return-value]

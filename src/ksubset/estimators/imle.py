@@ -1,0 +1,211 @@
+"""I-MLE (Niepert, Minervini & Franceschi, NeurIPS 2021) and AIMLE (Minervini, Franceschi & Niepert, AAAI
+2023) for k-subsets, with top-k as the MAP solver.
+
+**I-MLE.** Draw ``num_samples`` noise tensors ``eps_s`` (sum-of-gamma with ``kappa``, ``s``, ``tau``, or
+``tau``-scaled Gumbel). Forward: ``z = topk(theta + eps_1)`` (hard, exactly k ones). Backward, given
+``g = dL/dz``, with the *same* noise::
+
+    grad = mean_s [ topk(theta + eps_s) - topk(theta - lam g + eps_s) ]      (/ lam if scale=True)
+
+``scale=False`` (the default) is the paper's and torch-imle's default; ``scale=True`` divides by ``lam``
+(the finite-difference reading, comparable in size to SIMPLE's ``Cov(z) g``). ``num_samples > 1`` averages
+the backward over more noise draws for the same ``g``; for independent forward samples, expand the logits'
+batch instead (``est(logits.expand(S, *logits.shape), k)``).
+
+**AIMLE**, as implemented here (after the paper and its reference code, EdinburghNLP/torch-adaptive-imle):
+
+* central differences: ``grad = mean_s [topk(theta + lam_r g + eps_s) - topk(theta - lam_r g + eps_s)] / 2``
+  (``symmetric=False``: the one-sided I-MLE difference), divided by ``lam_r`` when ``scale=True``
+  (the default, as in the reference code);
+* the perturbation is relative: per row, ``lam_r = beta · ||theta_r|| / ||g_r||`` (norms over the row's
+  free items; ``||theta_r||`` taken as 1 when it is 0, so all-zero logits still get a gradient — the
+  reference code uses one norm over the whole batch and would give a zero gradient there);
+* ``beta`` adapts across calls so that the gradient has a target density: after each backward pass,
+  ``nnz`` = mean number of non-zero entries per (row, noise sample); ``ema ← decay·ema + (1-decay)·nnz``;
+  ``beta ← max(0, beta + u)`` with ``u = momentum·u_prev + (step if ema < target else -step)``.
+  The adaptive state lives in an :class:`AIMLEState`; pass one (or use ``estimators.get("aimle")`` /
+  ``KSubsetLayer``, which keep one) for beta to adapt across calls — without it every call starts afresh
+  from ``beta = lam``.
+
+Randomness: the noise ``[num_samples, *logits.shape]`` is drawn in the forward pass from ``generator``
+(:func:`.noise.sum_of_gamma_noise` or :func:`.noise.gumbel_noise`, called once with that shape, with
+``kappa`` of shape ``[*batch, 1]`` when it defaults to k); the backward pass draws nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor
+
+from .. import core
+from ._common import Canonical, canonical, check, custom_backward
+from .noise import gumbel_noise, sum_of_gamma_noise
+
+__all__ = ["imle", "aimle", "AIMLEState"]
+
+_NOISES = ("sum_of_gamma", "gumbel")
+
+
+def _check_noise(est: str, *, noise, kappa, s, tau) -> None:
+    check.choice(est, "noise", noise, _NOISES)
+    if kappa is not None:
+        check.positive(est, "kappa", kappa)
+    check.integer(est, "s", s, 1)
+    check.positive(est, "tau", tau)
+
+
+def _draw_noise(
+    C: Canonical, num_samples: int, *, noise: str, kappa, s: int, tau: float, generator
+) -> Tensor:
+    """Noise ``[num_samples, *batch, n]`` in the compute dtype on the logits' device."""
+    dt, dev = C.theta.dtype, C.theta.device
+    shape = (num_samples, *C.batch_shape, C.n)
+    if noise == "gumbel":
+        return tau * gumbel_noise(shape, dtype=dt, device=dev, generator=generator)
+    if kappa is None:  # kappa = k per row (Niepert et al.'s choice for k-subsets), at least 1
+        kappa = C.k_full.clamp_min(1).to(dt).reshape(*C.batch_shape, 1)
+    return sum_of_gamma_noise(shape, kappa, s=s, tau=tau, dtype=dt, device=dev, generator=generator)
+
+
+def _map(keys: Tensor, k: int | Tensor, mask: Tensor | None) -> Tensor:
+    """Top-k per row of ``keys [S, *batch, n]`` (k and mask broadcast over the leading S)."""
+    return core.mode(keys, k, mask)
+
+
+def _check_imle(*, lam, noise, kappa, s, tau, num_samples, scale) -> None:
+    check.positive("imle", "lam", lam)
+    _check_noise("imle", noise=noise, kappa=kappa, s=s, tau=tau)
+    check.integer("imle", "num_samples", num_samples, 1)
+    check.boolean("imle", "scale", scale)
+
+
+def imle(
+    logits: Tensor,
+    k: int | Tensor,
+    mask: Tensor | None = None,
+    *,
+    generator: torch.Generator | None = None,
+    lam: float = 2.5,
+    noise: str = "sum_of_gamma",
+    kappa: float | None = None,
+    s: int = 10,
+    tau: float = 1.0,
+    num_samples: int = 1,
+    scale: bool = False,
+) -> Tensor:
+    """I-MLE: ``topk(theta + eps)`` forward; ``mean_s[MAP(theta+eps_s) - MAP(theta-lam g+eps_s)]`` backward.
+
+    ``kappa=None`` uses each row's k. See the module docstring for the exact contract.
+    """
+    _check_imle(lam=lam, noise=noise, kappa=kappa, s=s, tau=tau, num_samples=num_samples, scale=scale)
+    C = canonical(logits, k, mask)
+    theta = logits.detach()
+    eps = _draw_noise(C, num_samples, noise=noise, kappa=kappa, s=s, tau=tau, generator=generator)
+    eps = eps.to(theta.dtype)
+    z_all = _map(theta + eps, k, mask)
+
+    def backward(g: Tensor) -> Tensor:
+        z_target = _map(theta - lam * g.to(theta.dtype) + eps, k, mask)
+        grad = (z_all - z_target).mean(0)
+        return grad / lam if scale else grad
+
+    return custom_backward(logits, z_all[0], backward)
+
+
+@dataclass
+class AIMLEState:
+    """The adaptive part of AIMLE: ``beta`` (relative perturbation size), the running mean of the number of
+    non-zero gradient entries, and the last update of ``beta`` (for momentum)."""
+
+    beta: float = 1.0
+    nonzero_ema: float = 1.0
+    last_update: float = 0.0
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.beta = float(state["beta"])
+        self.nonzero_ema = float(state["nonzero_ema"])
+        self.last_update = float(state["last_update"])
+
+
+def _check_aimle(*, lam, target, step, momentum, decay, symmetric, noise, kappa, s, tau, num_samples,
+                 scale) -> None:
+    check.nonnegative("aimle", "lam", lam)
+    check.nonnegative("aimle", "target", target)
+    check.nonnegative("aimle", "step", step)
+    check.unit_interval("aimle", "momentum", momentum)
+    check.unit_interval("aimle", "decay", decay)
+    check.boolean("aimle", "symmetric", symmetric)
+    _check_noise("aimle", noise=noise, kappa=kappa, s=s, tau=tau)
+    check.integer("aimle", "num_samples", num_samples, 1)
+    check.boolean("aimle", "scale", scale)
+
+
+def aimle(
+    logits: Tensor,
+    k: int | Tensor,
+    mask: Tensor | None = None,
+    *,
+    generator: torch.Generator | None = None,
+    lam: float = 1.0,
+    target: float = 1.0,
+    step: float = 1e-4,
+    momentum: float = 0.0,
+    decay: float = 0.9,
+    symmetric: bool = True,
+    noise: str = "sum_of_gamma",
+    kappa: float | None = None,
+    s: int = 10,
+    tau: float = 1.0,
+    num_samples: int = 1,
+    scale: bool = True,
+    state: AIMLEState | None = None,
+) -> Tensor:
+    """AIMLE: ``topk(theta + eps)`` forward; adaptive, relative, central-difference I-MLE backward.
+
+    ``lam`` is the initial ``beta`` (used only when ``state`` is None). ``target``, ``step``, ``momentum``,
+    ``decay`` drive the adaptation of ``beta`` (defaults of the reference code). See the module docstring.
+    """
+    _check_aimle(lam=lam, target=target, step=step, momentum=momentum, decay=decay, symmetric=symmetric,
+                 noise=noise, kappa=kappa, s=s, tau=tau, num_samples=num_samples, scale=scale)
+    if state is None:
+        state = AIMLEState(beta=float(lam))
+    C = canonical(logits, k, mask)
+    theta = logits.detach()
+    eps = _draw_noise(C, num_samples, noise=noise, kappa=kappa, s=s, tau=tau, generator=generator)
+    eps = eps.to(theta.dtype)
+    z_all = _map(theta + eps, k, mask)
+
+    def backward(g: Tensor) -> Tensor:
+        dt = C.theta.dtype
+        gf = g.reshape(-1, C.n).to(dt)
+        zero = torch.zeros((), dtype=dt, device=gf.device)
+        th_norm = torch.linalg.vector_norm(torch.where(C.free, C.theta.detach(), zero), dim=-1)
+        g_norm = torch.linalg.vector_norm(torch.where(C.free, gf, zero), dim=-1)
+        th_norm = torch.where(th_norm > 0, th_norm, torch.ones_like(th_norm))
+        lam_r = torch.where(g_norm > 0, state.beta * th_norm / g_norm.clamp_min(torch.finfo(dt).tiny), zero)
+        step_r = (lam_r.unsqueeze(-1) * gf).reshape(g.shape).to(theta.dtype)
+        lo = _map(theta - step_r + eps, k, mask)
+        if symmetric:
+            hi = _map(theta + step_r + eps, k, mask)
+            per_sample = (hi - lo) / 2
+        else:
+            per_sample = z_all - lo
+        if scale:
+            denom = torch.where(lam_r > 0, lam_r, torch.ones_like(lam_r)).reshape(*C.batch_shape, 1)
+            per_sample = per_sample / denom.to(per_sample.dtype)
+        # adapt beta from the density of this batch's gradients
+        with torch.no_grad():
+            rows = per_sample.reshape(num_samples, -1, C.n)
+            nnz = float((rows != 0).sum(-1).to(torch.float64).mean()) if rows.shape[1] else 0.0
+        state.nonzero_ema = decay * state.nonzero_ema + (1 - decay) * nnz
+        update = momentum * state.last_update + (step if state.nonzero_ema < target else -step)
+        state.beta = max(0.0, state.beta + update)
+        state.last_update = update
+        return per_sample.mean(0)
+
+    return custom_backward(logits, z_all[0], backward)
