@@ -1,0 +1,651 @@
+"""Compiled CPU engine (numba): a sequential forward-backward over the items, rows in parallel.
+
+Same interface as :mod:`.tree` and :mod:`.reference` (the canonical problem of :mod:`._problem`:
+``theta [B, n]`` finite on free items and ``-inf`` elsewhere, ``k [B]`` with ``0 <= k <= #free``). numba is
+the optional extra ``ksubset[fast]``: without it :func:`available` is False and the dispatcher in
+:mod:`.functions` uses the tree engine.
+
+Algorithm (per row, rows in parallel on ``torch.get_num_threads()`` threads; all arithmetic in float64
+whatever the input dtype; ``m`` free items, ``k`` to choose)
+-----------------------------------------------------------------------------------------------------------
+1. *Tilt* (as in :mod:`.tree`). A shift ``c`` with ``sum_i sigmoid(theta_i + c) = k`` (to 0.05 items) is
+   found by safeguarded Newton in a bracket. Under the tilted Bernoullis ``p_i = sigmoid(theta_i + c)`` the
+   count ``S`` has mean ``k``, so ``k`` is the mode of ``S`` and ``Pr(S = k) >= 1 / (m + 1)``; and
+   ``log Z = log Pr(S = k) - c k + sum_i softplus(theta_i + c)``.
+2. *Forward table* in probability space, ``A_i[j] = Pr(S_{1..i} = j)``:
+   ``A_i[j] = q_i A_{i-1}[j] + p_i A_{i-1}[j-1]`` on the band ``max(0, k - (m - i)) <= j <= min(i, k)``
+   (other entries cannot reach ``S = k``). Every entry is a probability and the largest entry of every row
+   is at least ``Pr(S = k) / (k + 1) >= 1 / ((m + 1)(k + 1))``, so probability space needs no logarithms.
+   Entries below ``2^-510`` (and ``p_i``, ``q_i`` below it) are flushed to 0: what they could contribute is
+   below ``2^-400`` relative to the answer, and no product of two kept numbers is subnormal (subnormal
+   arithmetic is ~100x slower on x86). A power-of-two exponent per row, checked every
+   :data:`RESCALE_EVERY` rows, is a safety net; a row whose result is still not finite and positive is
+   recomputed by the tree engine.
+3. *Backward sweep.* ``R_i[u] = Pr(S_{i..m} = k - u)`` (indexed by what the prefix must supply), updated
+   item by item from ``i = m`` down to ``1``: ``mu_i = p_i sum_j A_{i-1}[j] R_{i+1}[j+1] / Pr(S = k)``, a sum
+   of non-negative terms, so every ``mu_i`` has full relative accuracy.
+4. *Sampling* walks the same sweep: with ``j`` items still needed from items ``1..i``, item ``i`` is taken
+   with probability ``p_i A_{i-1}[j-1] / (p_i A_{i-1}[j-1] + q_i A_{i-1}[j])`` (self-normalised, so always in
+   ``[0, 1]`` and always feasible). The uniforms come from ``torch.rand(..., generator=...)``.
+5. *Covariance-vector products* use the expectation semiring. With ``w = v - (sum p v) / (sum p)`` (``Cov``
+   annihilates constants; centring only helps precision), ``G_i[j] = E[(sum_{l <= i} w_l z_l) 1{S_i = j}]``
+   and its suffix twin ``H`` follow the same recurrences plus a source term, and
+   ``(Cov v)_i = E[z_i (z.w)] - mu_i E[z.w]``, where ``E[z_i (z.w)] Pr(S = k) / p_i`` is
+   ``sum_j G_{i-1}[j] R_{i+1}[j+1] + w_i A_{i-1}[j] R_{i+1}[j+1] + A_{i-1}[j] H_{i+1}[j+1]``.
+   ``O(mk)`` per row, no ``n x n`` matrix.
+
+Memory. The sweep needs the rows of the forward table in reverse order. A table of at most
+:data:`TABLE_LIMIT` entries is kept whole; otherwise every ``s``-th row (``s ~ sqrt(n)``) is kept as a
+checkpoint and each block of ``s`` rows is recomputed from its checkpoint when the sweep reaches it (one more
+forward pass). Peak memory is then ``O(sqrt(n) k)`` per row in flight (16 MB at ``n = 10^6, k = 1000``).
+
+Cost per row, in passes of ``m k`` multiply-adds: ``log_partition`` 1; ``marginals`` and
+``sample_and_marginals`` 3 (4 with checkpoints); ``sample`` 1 (2); ``cov_vec`` 7 (9). Inner loops use unsigned
+indices so that LLVM vectorises them (numba's negative-index wraparound otherwise blocks it).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+from torch import Tensor
+
+try:  # numba is optional (the ``fast`` extra)
+    import numba
+except ImportError:  # pragma: no cover - exercised only without numba
+    numba = None
+
+__all__ = [
+    "available",
+    "supports",
+    "log_partition",
+    "marginals",
+    "cov_vec",
+    "sample",
+    "sample_and_marginals",
+]
+
+#: Largest forward table (entries, float64, per row in flight) kept whole; larger rows use checkpoints.
+TABLE_LIMIT = 1 << 21
+
+#: A table row is checked for rescaling every this many items (a safety net; see the module docstring).
+RESCALE_EVERY = 32
+
+#: Below this much work (``B n (K + 1)``) the kernels run on one thread (thread start-up costs more).
+PARALLEL_MIN_WORK = 1 << 17
+
+
+def available() -> bool:
+    """Whether numba is importable (the engine works only then)."""
+    return numba is not None
+
+
+def supports(theta: Tensor) -> bool:
+    """Whether this engine handles ``theta``: a CPU float32/float64 tensor, with numba installed."""
+    return numba is not None and theta.device.type == "cpu" and theta.dtype in (torch.float32, torch.float64)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# compiled kernels
+
+if numba is not None:
+    _FM = {"reassoc", "contract"}  # lets LLVM vectorise reductions; no assumptions about inf/nan
+    _jit = numba.njit(cache=True, fastmath=_FM, nogil=True)
+    _inl = numba.njit(cache=True, fastmath=_FM, nogil=True)
+    _U = numba.uint64
+    _U1 = np.uint64(1)
+    _FLUSH = 2.0**-510  # kept entries >= _FLUSH, so products of two kept entries are normal numbers
+    _LO_SCALE = 2.0**-200
+    _HI_SCALE = 2.0**200
+    _RESCALE = RESCALE_EVERY
+    _SPREAD = 1200.0  # logit spread up to which the tilt takes one exp per item
+    _TILT_TOL = 0.05
+    _MAX_NEWTON = 200
+
+    @_inl
+    def _newton_update(c, f, fp, lo, hi):
+        """One safeguarded Newton step for an increasing ``f(c)``; returns ``(c, lo, hi)``."""
+        if f < 0.0:
+            lo = c
+        else:
+            hi = c
+        if fp > 0.0:
+            cn = c - f / fp
+            if lo < cn < hi:
+                return cn, lo, hi
+        return 0.5 * (lo + hi), lo, hi
+
+    @_inl
+    def _flush(v):
+        return v if v >= _FLUSH else 0.0
+
+    @_inl
+    def _flush_signed(v):
+        return v if abs(v) >= _FLUSH else 0.0
+
+    @_jit
+    def _setup(th, k, idx, x, p, q):
+        """Gather the free items of one row, tilt, and fill the tilted probabilities. Returns ``(m, c)``.
+
+        ``x`` receives the tilted logits ``theta_i + c`` and ``p``/``q`` the probabilities
+        ``sigmoid(x)``/``sigmoid(-x)``. Trivial rows (``k == 0`` or ``k == m``) return ``c = 0`` with ``x``
+        the raw logits and ``p``/``q`` unfilled.
+
+        The tilt solves ``sum_i sigmoid(x_i + c) = k`` by safeguarded Newton inside a bracket that is valid by
+        construction (at ``lo`` every term is ``<= k/m``, at ``hi`` every term is ``>= k/m``), to 0.05 items:
+        any ``c`` is exact, the tilt only has to make ``Pr(S = k)`` large. When the logits span at most
+        ``_SPREAD`` nats, ``exp`` is taken once per item (``sigmoid(x_i + c) = 1 / (1 + E_i T)`` with
+        ``E_i = exp(x_ref - x_i)`` and ``T = exp(-c - x_ref)``, neither of which can overflow or underflow),
+        else once per item and iteration.
+        """
+        m = 0
+        for i in range(th.shape[0]):
+            if th[i] > -np.inf:
+                idx[m] = i
+                x[m] = th[i]
+                m += 1
+        if k == 0 or k == m:
+            return m, 0.0
+        tmax = x[0]
+        tmin = x[0]
+        tsum = 0.0
+        for i in range(m):
+            tmax = max(tmax, x[i])
+            tmin = min(tmin, x[i])
+            tsum += x[i]
+        frac = k / m
+        lg = math.log(frac) - math.log1p(-frac)
+        lo = lg - tmax
+        hi = lg - tmin
+        c = min(max(lg - tsum / m, lo), hi)
+        if tmax - tmin <= _SPREAD:
+            xref = 0.5 * (tmax + tmin)
+            for i in range(m):
+                p[i] = math.exp(xref - x[i])  # E_i
+            for _ in range(_MAX_NEWTON):
+                t = math.exp(-c - xref)
+                s = 0.0
+                fp = 0.0
+                for i in range(m):
+                    d = 1.0 / (1.0 + p[i] * t)
+                    s += d
+                    fp += d * (1.0 - d)
+                f = s - k
+                if abs(f) <= _TILT_TOL or hi - lo <= 1e-13 * max(1.0, abs(c)):
+                    break
+                c, lo, hi = _newton_update(c, f, fp, lo, hi)
+            t = math.exp(-c - xref)
+            for i in range(m):
+                e = p[i] * t
+                d = 1.0 / (1.0 + e)
+                p[i] = _flush(d)
+                q[i] = _flush(e * d)
+        else:
+            for _ in range(_MAX_NEWTON):
+                s = 0.0
+                fp = 0.0
+                for i in range(m):
+                    y = min(max(x[i] + c, -700.0), 700.0)
+                    d = 1.0 / (1.0 + math.exp(-y))
+                    s += d
+                    fp += d * (1.0 - d)
+                f = s - k
+                if abs(f) <= _TILT_TOL or hi - lo <= 1e-13 * max(1.0, abs(c)):
+                    break
+                c, lo, hi = _newton_update(c, f, fp, lo, hi)
+            for i in range(m):
+                y = x[i] + c
+                e = math.exp(-abs(y))
+                d = 1.0 / (1.0 + e)
+                if y >= 0.0:
+                    p[i] = d
+                    q[i] = _flush(e * d)
+                else:
+                    p[i] = _flush(e * d)
+                    q[i] = d
+        for i in range(m):
+            x[i] += c
+        return m, c
+
+    # Band steps. Vectors have length k + 2. A forward vector (A, G) after item i is valid on the band
+    # [lo_i, hi_i] = [max(0, k - (m - i)), min(i, k)] and holds an explicit 0 at hi_i + 1; a backward vector
+    # (R, H) before item i is valid on the band of A_{i-1} and holds an explicit 0 at lo - 1 (when lo > 0)
+    # and at k + 1. With these guard zeros the recurrences need no edge cases. Vectors are rows of 2-d
+    # arrays addressed by row number (no array views inside loops: each view costs reference counting).
+
+    @_inl
+    def _fstep(T, pr, cr, p, q, lo, hi):
+        """``T[cr, t] = q T[pr, t] + p T[pr, t-1]`` on ``[lo, hi]`` (forward count recursion)."""
+        t0 = lo
+        if lo == 0:
+            T[cr, 0] = _flush(q * T[pr, 0])
+            t0 = 1
+        for t in range(_U(t0), _U(hi + 1)):
+            T[cr, t] = _flush(q * T[pr, t] + p * T[pr, t - _U1])
+        T[cr, hi + 1] = 0.0
+
+    @_inl
+    def _gstep(G, A, pr, cr, p, q, w, lo, hi):
+        """``G[cr, t] = q G[pr, t] + p (G[pr, t-1] + w A[pr, t-1])`` (expectation semiring, forward)."""
+        t0 = lo
+        if lo == 0:
+            G[cr, 0] = _flush_signed(q * G[pr, 0])
+            t0 = 1
+        pw = p * w
+        for t in range(_U(t0), _U(hi + 1)):
+            G[cr, t] = _flush_signed(q * G[pr, t] + p * G[pr, t - _U1] + pw * A[pr, t - _U1])
+        G[cr, hi + 1] = 0.0
+
+    @_inl
+    def _bstep(R, pr, cr, p, q, lo, hi):
+        """``R[cr, u] = q R[pr, u] + p R[pr, u+1]`` on ``[lo, hi]`` (backward recursion, reversed index)."""
+        for u in range(_U(lo), _U(hi + 1)):
+            R[cr, u] = _flush(q * R[pr, u] + p * R[pr, u + _U1])
+        if lo > 0:
+            R[cr, lo - 1] = 0.0
+
+    @_inl
+    def _hstep(H, R, pr, cr, p, q, w, lo, hi):
+        """``H[cr, u] = q H[pr, u] + p (H[pr, u+1] + w R[pr, u+1])`` (expectation semiring, backward)."""
+        pw = p * w
+        for u in range(_U(lo), _U(hi + 1)):
+            H[cr, u] = _flush_signed(q * H[pr, u] + p * H[pr, u + _U1] + pw * R[pr, u + _U1])
+        if lo > 0:
+            H[cr, lo - 1] = 0.0
+
+    @_jit
+    def _rescale(T, G, row, with_g, lo, hi):
+        """Exponent change (0 if none) that brings ``max T[row, lo..hi]`` back into ``[2^-200, 2^200]``."""
+        mx = 0.0
+        for t in range(_U(lo), _U(hi + 1)):
+            mx = max(mx, T[row, t])
+        if mx == 0.0 or (_LO_SCALE <= mx <= _HI_SCALE):
+            return 0
+        f = math.frexp(mx)[1]
+        s = math.ldexp(1.0, -f)
+        for t in range(_U(lo), _U(hi + 1)):
+            T[row, t] = _flush(T[row, t] * s)
+        if with_g:
+            for t in range(_U(lo), _U(hi + 1)):
+                G[row, t] = _flush_signed(G[row, t] * s)
+        return f
+
+    @_jit
+    def _fwd_rows(ta, tg, ea, with_g, r0, r1, p, q, w, m, k):
+        """Forward rows ``r0 + 1 .. r1`` into ``ta[r - r0]`` from row ``r0`` in ``ta[0]`` (and ``tg``)."""
+        for r in range(r0 + 1, r1 + 1):
+            pi = p[r - 1]
+            qi = q[r - 1]
+            lo = max(0, k - (m - r))
+            hi = min(r, k)
+            pr = r - 1 - r0
+            cr = r - r0
+            _fstep(ta, pr, cr, pi, qi, lo, hi)
+            if with_g:
+                _gstep(tg, ta, pr, cr, pi, qi, w[r - 1], lo, hi)
+            e = ea[pr]
+            if r % _RESCALE == 0:
+                e += _rescale(ta, tg, cr, with_g, lo, hi)
+            ea[cr] = e
+
+    @_jit
+    def _block_size(n, K, limit):
+        """Rows per block of the forward table: all ``n + 1`` if they fit in ``limit`` entries."""
+        if (n + 1) * (K + 2) <= limit:
+            return n + 1
+        return int(math.sqrt(n + 1.0)) + 1
+
+    @_jit
+    def _forward(ta, tg, ea, ca, cg, ce, with_g, s, nb, p, q, w, m, k):
+        """The whole forward pass; keeps checkpoints (when ``nb > 1``) and leaves the last block in ``ta``."""
+        ta[0, 0] = 1.0
+        ta[0, 1] = 0.0
+        ea[0] = 0
+        if with_g:
+            tg[0, 0] = 0.0
+            tg[0, 1] = 0.0
+        for blk in range(nb):
+            r0 = blk * s
+            r1 = min(r0 + s - 1, m)
+            if blk > 0:  # row r0 from the last row of the previous block (rows s-1 and 0 differ: s >= 2)
+                lo = max(0, k - (m - r0))
+                hi = min(r0, k)
+                _fstep(ta, s - 1, 0, p[r0 - 1], q[r0 - 1], lo, hi)
+                if with_g:
+                    _gstep(tg, ta, s - 1, 0, p[r0 - 1], q[r0 - 1], w[r0 - 1], lo, hi)
+                ea[0] = ea[s - 1] + _rescale(ta, tg, 0, with_g, lo, hi)
+            if nb > 1:
+                ca[blk, :] = ta[0, :]
+                ce[blk] = ea[0]
+                if with_g:
+                    cg[blk, :] = tg[0, :]
+            _fwd_rows(ta, tg, ea, with_g, r0, r1, p, q, w, m, k)
+
+    @_jit
+    def _restore(ta, tg, ea, ca, cg, ce, with_g, blk, s, p, q, w, m, k):
+        """Recompute block ``blk`` of the forward table from its checkpoint."""
+        r0 = blk * s
+        r1 = min(r0 + s - 1, m)
+        ta[0, :] = ca[blk, :]
+        ea[0] = ce[blk]
+        if with_g:
+            tg[0, :] = cg[blk, :]
+        _fwd_rows(ta, tg, ea, with_g, r0, r1, p, q, w, m, k)
+
+    @_jit
+    def _row_sweep(th, k, s, want_mu, want_cov, v, u, b, z, mu_out, cov_out, ws):
+        """Marginals, covariance-vector product and samples of one row (everything but ``log Z``).
+
+        ``u [S, B, n]`` uniforms (``S`` may be 0); writes ``z[:, b]``, ``mu_out`` and ``cov_out`` (this row of
+        the outputs, zero-filled by the caller). ``ws`` is the calling thread's work space (see
+        :func:`_workspace`). Returns False when the row could not be computed (the caller then falls back to
+        the tree engine).
+        """
+        idx, need, ea, ce, x, p, q, w, ta, tg, ca, cg, rr, hh = ws
+        S = u.shape[0]
+        m, _ = _setup(th, k, idx, x, p, q)
+        if k == 0:
+            return True
+        if k == m:  # every free item is selected, Cov = 0
+            for i in range(m):
+                if want_mu:
+                    mu_out[idx[i]] = 1.0
+                for si in range(S):
+                    z[si, b, idx[i]] = 1
+            return True
+        with_g = want_cov
+        if with_g:
+            sp = 0.0
+            spv = 0.0
+            for i in range(m):
+                sp += p[i]
+                spv += p[i] * v[idx[i]]
+            vbar = spv / sp
+            for i in range(m):
+                w[i] = v[idx[i]] - vbar
+        L = k + 2
+        nb = (m + s) // s  # blocks of table rows 0..m
+        _forward(ta, tg, ea, ca, cg, ce, with_g, s, nb, p, q, w, m, k)
+        last = m - (nb - 1) * s
+        zk = ta[last, k]
+        if not (zk > 0.0 and zk < np.inf):
+            return False
+        ez = ea[last]
+        inv_zk = 1.0 / zk
+        gbar = tg[last, k] * inv_zk if with_g else 0.0  # E[z . w]
+        want_r = want_mu or want_cov
+        # backward vectors R (and H): rows ra / 1 - ra of rr (hh); R_{m+1} = e_k, H_{m+1} = 0
+        for t in range(L):  # noqa: B007 - L = k + 2
+            rr[0, t] = 0.0
+            rr[1, t] = 0.0
+            hh[0, t] = 0.0
+            hh[1, t] = 0.0
+        rr[0, k] = 1.0
+        ra = 0
+        er = 0
+        for si in range(S):
+            need[si] = k
+        for blk in range(nb - 1, -1, -1):
+            r0 = blk * s
+            r1 = min(r0 + s - 1, m)
+            if blk < nb - 1:
+                _restore(ta, tg, ea, ca, cg, ce, with_g, blk, s, p, q, w, m, k)
+            for i in range(min(r1 + 1, m), r0, -1):
+                row = i - 1 - r0  # A_{i-1}
+                pi = p[i - 1]
+                qi = q[i - 1]
+                plo = max(0, k - (m - i + 1))  # band of A_{i-1} (= band of R_i)
+                phi = min(i - 1, k)
+                lo = max(0, k - (m - i))  # band of A_i (= band of R_{i+1})
+                hi = min(i, k)
+                item = idx[i - 1]
+                # --- samples: j items still needed from items 1..i
+                for si in range(S):
+                    j = need[si]
+                    if j == 0:
+                        continue
+                    t1 = pi * ta[row, j - 1]
+                    t0 = qi * ta[row, j] if j <= phi else 0.0
+                    tot = t0 + t1
+                    if tot > 0.0:
+                        take = u[si, b, item] * tot < t1
+                    else:  # numerically unreachable state: taking is always feasible
+                        take = True
+                    if take:
+                        z[si, b, item] = 1
+                        need[si] = j - 1
+                if not want_r:
+                    continue
+                # --- marginal (and E[z_i z.w]) of item i
+                jl = max(plo, lo - 1)
+                jh = min(phi, hi - 1)
+                d = 0.0
+                dg = 0.0
+                if with_g:
+                    for j in range(_U(jl), _U(jh + 1)):
+                        rj = rr[ra, j + _U1]
+                        d += ta[row, j] * rj
+                        dg += tg[row, j] * rj + ta[row, j] * hh[ra, j + _U1]
+                else:
+                    for j in range(_U(jl), _U(jh + 1)):
+                        d += ta[row, j] * rr[ra, j + _U1]
+                ex = ea[row] + er - ez
+                f = pi * (inv_zk if ex == 0 else math.ldexp(inv_zk, ex))
+                mui = min(d * f, 1.0)
+                if want_mu:
+                    mu_out[item] = mui
+                if with_g:
+                    cov_out[item] = (dg + w[i - 1] * d) * f - mui * gbar
+                # --- R_i (and H_i) from R_{i+1}
+                if i > 1:
+                    _bstep(rr, ra, 1 - ra, pi, qi, plo, phi)
+                    if with_g:
+                        _hstep(hh, rr, ra, 1 - ra, pi, qi, w[i - 1], plo, phi)
+                    ra = 1 - ra
+                    if i % _RESCALE == 0:
+                        er += _rescale(rr, hh, ra, with_g, plo, phi)
+        return True
+
+    @_jit
+    def _workspace(n, K, S, s, want_cov):
+        """Work space of one thread, sized for any row of the batch (table rows have stride ``K + 2``)."""
+        rows = min(s, n + 1)
+        nb = (n + s) // s
+        ncp = nb if nb > 1 else 1
+        L = K + 2
+        return (
+            np.empty(n, np.int64),  # idx
+            np.empty(S, np.int64),  # need
+            np.empty(rows, np.int64),  # ea
+            np.empty(ncp, np.int64),  # ce
+            np.empty(n),  # x
+            np.empty(n),  # p
+            np.empty(n),  # q
+            np.empty(n if want_cov else 1),  # w
+            np.empty((rows, L)),  # ta
+            np.empty((rows if want_cov else 1, L)),  # tg
+            np.empty((ncp, L)),  # ca
+            np.empty((ncp if want_cov else 1, L)),  # cg
+            np.empty((2, L)),  # rr
+            np.empty((2, L)),  # hh
+        )
+
+    @_jit
+    def _sweep_rows(theta, k, K, s, want_mu, want_cov, v, u, z, mu_out, cov_out, ok, b0, b1):
+        ws = _workspace(theta.shape[1], K, u.shape[0], s, want_cov)
+        for b in range(b0, b1):
+            ok[b] = _row_sweep(theta[b], k[b], s, want_mu, want_cov, v[b], u, b, z, mu_out[b], cov_out[b], ws)
+
+    @_jit
+    def _log_z_rows(theta, k, K, out, b0, b1):
+        n = theta.shape[1]
+        idx = np.empty(n, np.int64)
+        x = np.empty(n)
+        p = np.empty(n)
+        q = np.empty(n)
+        a = np.empty((2, K + 2))
+        for b in range(b0, b1):
+            kb = k[b]
+            m, c = _setup(theta[b], kb, idx, x, p, q)
+            if kb == 0:
+                out[b] = 0.0
+                continue
+            if kb == m:
+                tot = 0.0
+                for i in range(m):
+                    tot += x[i]
+                out[b] = tot
+                continue
+            a[0, 0] = 1.0
+            a[0, 1] = 0.0
+            e = 0
+            for r in range(1, m + 1):
+                lo = max(0, kb - (m - r))
+                hi = min(r, kb)
+                _fstep(a, (r - 1) & 1, r & 1, p[r - 1], q[r - 1], lo, hi)
+                if r % _RESCALE == 0:
+                    e += _rescale(a, a, r & 1, False, lo, hi)
+            softplus = 0.0
+            for i in range(m):
+                softplus += max(x[i], 0.0) + math.log1p(math.exp(-abs(x[i])))
+            out[b] = math.log(a[m & 1, kb]) + e * math.log(2.0) - c * kb + softplus
+
+# ----------------------------------------------------------------------------------------------------------
+# engine interface
+
+
+def _require() -> None:
+    if numba is None:
+        raise RuntimeError("the kernels engine needs numba: pip install 'ksubset[fast]'")
+
+
+def _as_f64(x: Tensor) -> np.ndarray:
+    return x.detach().to(torch.float64).contiguous().numpy()
+
+
+def _as_i64(k: Tensor) -> np.ndarray:
+    return k.detach().to(torch.int64).contiguous().numpy()
+
+
+_pool = None
+_pool_lock = threading.Lock()
+
+
+def _threads(B: int, n: int, K: int) -> int:
+    """How many threads to split the rows over (1: the calling thread alone)."""
+    if B < 2 or B * n * (K + 1) < PARALLEL_MIN_WORK:
+        return 1
+    return max(1, min(B, torch.get_num_threads()))
+
+
+def _run_rows(fn, B: int, n: int, K: int, *args) -> None:
+    """``fn(*args, b0, b1)`` over row ranges, in parallel (the kernels release the GIL)."""
+    T = _threads(B, n, K)
+    if T == 1:
+        if B:
+            fn(*args, 0, B)
+        return
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool._max_workers < T - 1:
+            _pool = ThreadPoolExecutor(max_workers=T - 1, thread_name_prefix="ksubset-kernels")
+        pool = _pool
+    bounds = [B * t // T for t in range(T + 1)]
+    futures = [pool.submit(fn, *args, bounds[t], bounds[t + 1]) for t in range(1, T)]
+    fn(*args, bounds[0], bounds[1])
+    for f in futures:
+        f.result()
+
+
+_NO_U = np.zeros((0, 1, 1))
+
+
+def _sweep(theta: Tensor, k: Tensor, K: int, want_mu: bool, v: Tensor | None, u: np.ndarray | None):
+    _require()
+    B, n = theta.shape
+    th = _as_f64(theta)
+    kk = _as_i64(k)
+    K = int(K)
+    want_cov = v is not None
+    vv = _as_f64(v) if want_cov else th
+    uu = _NO_U if u is None else u
+    S = uu.shape[0]
+    z = np.zeros((S, B, n), np.int64)
+    mu = np.zeros((B, n) if want_mu else (B, 1))
+    cov = np.zeros((B, n) if want_cov else (B, 1))
+    ok = np.ones(B, np.bool_)
+    s = _block_size(n, K, TABLE_LIMIT)
+    _run_rows(_sweep_rows, B, n, K, th, kk, K, s, want_mu, want_cov, vv, uu, z, mu, cov, ok)
+    zt, mut, covt = torch.from_numpy(z), torch.from_numpy(mu), torch.from_numpy(cov)
+    if not ok.all():  # pragma: no cover - a safety net (see the module docstring)
+        zt, mut, covt = _fallback(theta, k, K, want_mu, v, u, ok, zt, mut, covt)
+    return zt, mut, covt
+
+
+def _fallback(theta, k, K, want_mu, v, u, ok, z, mu, cov):
+    """Recompute the rows the kernel could not handle with the tree engine (in float64)."""
+    from . import tree
+
+    bad = torch.from_numpy(~ok)
+    th = theta.detach().to(torch.float64)[bad]
+    kb = k[bad]
+    if want_mu:
+        mu[bad] = tree.marginals(th, kb, K)
+    if v is not None:
+        cov[bad] = tree.cov_vec(th, kb, K, v.detach().to(torch.float64)[bad])
+    if u is not None and u.shape[0]:
+        # walk the tree with fresh uniforms derived from the ones drawn for these rows
+        g = torch.Generator().manual_seed(int(u[:, ~ok].sum() * 2**20) % 2**63)
+        z[:, bad] = tree.sample(th, kb, K, u.shape[0], g)
+    return z, mu, cov
+
+
+def _uniforms(theta: Tensor, num_samples: int, generator) -> np.ndarray:
+    B, n = theta.shape
+    return torch.rand(num_samples, B, n, generator=generator, dtype=torch.float64).numpy()
+
+
+def log_partition(theta: Tensor, k: Tensor, K: int) -> Tensor:
+    """``log e_k(exp theta)`` per row, ``[B]``."""
+    _require()
+    B, n = theta.shape
+    out = np.empty(B)
+    th, kk = _as_f64(theta), _as_i64(k)
+    _run_rows(_log_z_rows, B, n, K, th, kk, int(K), out)
+    res = torch.from_numpy(out)
+    bad = ~torch.isfinite(res)
+    if bad.any():  # pragma: no cover - a safety net (see the module docstring)
+        from . import tree
+
+        res[bad] = tree.log_partition(theta.detach().to(torch.float64)[bad], k[bad], K)
+    return res.to(theta.dtype)
+
+
+def marginals(theta: Tensor, k: Tensor, K: int) -> Tensor:
+    """``Pr(z_i = 1)``, ``[B, n]``."""
+    _, mu, _ = _sweep(theta, k, K, True, None, None)
+    return mu.to(theta.dtype)
+
+
+def cov_vec(theta: Tensor, k: Tensor, K: int, v: Tensor) -> Tensor:
+    """``Cov(z) v`` per row, ``[B, n]`` (entries of ``v`` on non-free items are ignored)."""
+    _, _, cov = _sweep(theta, k, K, False, v, None)
+    return cov.to(theta.dtype)
+
+
+def sample(theta: Tensor, k: Tensor, K: int, num_samples: int, generator=None) -> Tensor:
+    """Exact samples, ``[S, B, n]`` int64 in {0, 1}, with ``k`` ones on free items of each row."""
+    u = _uniforms(theta, num_samples, generator)
+    z, _, _ = _sweep(theta, k, K, False, None, u)
+    return z
+
+
+def sample_and_marginals(theta: Tensor, k: Tensor, K: int, num_samples: int, generator=None):
+    """One forward pass and one sweep shared by a draw ``[S, B, n]`` and the marginals ``[B, n]``."""
+    u = _uniforms(theta, num_samples, generator)
+    z, mu, _ = _sweep(theta, k, K, True, None, u)
+    return z, mu.to(theta.dtype)
