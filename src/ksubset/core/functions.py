@@ -21,7 +21,7 @@ from torch.autograd.function import once_differentiable
 
 from . import reference, tree
 
-__all__ = ["engine_for", "set_engine", "LogPartition", "Marginals", "SampleAndMarginals"]
+__all__ = ["engine_for", "set_engine", "LogPartition", "Marginals", "Entropy", "SampleAndMarginals"]
 
 _ENGINES: dict[str, ModuleType] = {"reference": reference, "tree": tree}
 _forced_engine: str | None = None
@@ -114,3 +114,27 @@ class SampleAndMarginals(torch.autograd.Function):
     def backward(ctx, _gz, g_mu: Tensor):
         theta, k = ctx.saved_tensors
         return ctx.engine.cov_vec(theta, k, ctx.K, g_mu.contiguous()), None, None, None, None, None
+
+
+class Entropy(torch.autograd.Function):
+    """Exact entropy ``[B]``; backward ``-g Cov(z) theta``.
+
+    The value comes from the engine's ``entropy`` when it has one, else from the tree engine's (which sums
+    non-negative terms and so keeps full precision at any logit scale).
+    """
+
+    @staticmethod
+    def forward(ctx, theta: Tensor, k: Tensor, K: int, engine: ModuleType) -> Tensor:
+        ctx.save_for_backward(theta, k)
+        ctx.K, ctx.engine = K, engine
+        value_engine = engine if hasattr(engine, "entropy") else tree
+        return value_engine.entropy(theta.detach(), k, K)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g: Tensor):
+        theta, k = ctx.saved_tensors
+        # Cov(z) 1 = 0, so any per-row shift of theta gives the same product; the tilt keeps it small.
+        x = theta + tree.tilt(theta, k).unsqueeze(-1)
+        x = torch.where(torch.isfinite(theta), x, 0.0)
+        return -g.unsqueeze(-1) * ctx.engine.cov_vec(theta, k, ctx.K, x), None, None, None

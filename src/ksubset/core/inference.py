@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ._problem import Problem, check_logits, prepare
-from .functions import LogPartition, Marginals, SampleAndMarginals, engine_for
+from .functions import Entropy, LogPartition, Marginals, SampleAndMarginals, engine_for
 from .tree import tilt
 
 __all__ = [
@@ -179,17 +179,16 @@ def log_prob(
 def _tilted(P: Problem) -> Problem:
     """The same problem with each row's logits shifted so that ``sum sigmoid(theta) ≈ k``.
 
-    Shifting changes nothing mathematically (``p_{theta + c} = p_theta``), but quantities computed as
-    differences of large terms (entropy, KL) lose ``|theta| * eps`` to cancellation; after the shift the terms
-    are of the size of the result. The shift is detached, which is exact for shift-invariant quantities.
+    Shifting changes nothing mathematically (``p_{theta + c} = p_theta``), but a KL computed as a difference
+    of large terms loses ``|theta| * eps`` to cancellation; after the shift the terms are smaller. The shift
+    is detached, which is exact for shift-invariant quantities.
     """
     c = tilt(P.theta.detach(), P.k)
     return replace(P, theta=P.theta + c.unsqueeze(-1))
 
 
 def _entropy(P: Problem) -> Tensor:
-    P = _tilted(P)
-    return _log_z(P) - (_theta_or_zero(P) * _free_marginals(P)).sum(-1)
+    return Entropy.apply(P.theta, P.k, P.k_max, engine_for(P.theta))
 
 
 def entropy(logits: Tensor, k: int | Tensor, mask: Tensor | None = None) -> Tensor:

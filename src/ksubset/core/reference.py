@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["log_partition", "marginals", "cov_vec", "sample", "sample_and_marginals", "table"]
+__all__ = ["log_partition", "marginals", "cov_vec", "entropy", "sample", "sample_and_marginals", "table"]
 
 # A finite stand-in for log 0, so that autograd through logaddexp never meets (-inf) - (-inf).
 _LOG_ZERO = -1e30
@@ -88,3 +88,9 @@ def sample(theta: Tensor, k: Tensor, K: int, num_samples: int, generator=None) -
 
 def sample_and_marginals(theta: Tensor, k: Tensor, K: int, num_samples: int, generator=None):
     return sample(theta, k, K, num_samples, generator), marginals(theta, k, K)
+
+
+def entropy(theta: Tensor, k: Tensor, K: int) -> Tensor:
+    """``H = log Z - theta · mu`` (the textbook formula; fine in float64, the reference's intended dtype)."""
+    mu = marginals(theta, k, K)
+    return log_partition(theta, k, K) - (torch.where(torch.isfinite(theta), theta, 0.0) * mu).sum(-1)

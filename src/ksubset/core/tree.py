@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["tilt", "log_partition", "marginals", "cov_vec", "sample", "sample_and_marginals"]
+__all__ = ["tilt", "log_partition", "marginals", "cov_vec", "entropy", "sample", "sample_and_marginals"]
 
 #: Upper bound on the number of elements of one Toeplitz temporary (per chunk of nodes).
 CHUNK_ELEMENTS = 1 << 24
@@ -194,6 +194,16 @@ def _marginals_from(x: Tensor, levels, k: Tensor, n: int) -> Tensor:
     return torch.where(torch.isfinite(x) & (o[..., 1] > 0), mu, 0.0)[:, :n]
 
 
+def _leaf_log_weights(x: Tensor, levels, k: Tensor) -> tuple[Tensor, Tensor]:
+    """``log Pr(z_i = 0)`` and ``log Pr(z_i = 1)`` per leaf ``[B, N]`` (``-inf`` where impossible)."""
+    o, r = _outside_leaves(levels, k)
+    log_o = torch.log(o)  # exact zeros stay -inf: those states are impossible
+    log_nu = F.logsigmoid(-x) + log_o[..., 0] + r
+    if o.shape[-1] < 2:
+        return log_nu, torch.full_like(log_nu, -math.inf)
+    return log_nu, F.logsigmoid(x) + log_o[..., 1] + r
+
+
 def _marginals_given_tilt(theta: Tensor, k: Tensor, K: int, c: Tensor) -> Tensor:
     x, leaves = _leaves(theta, c, K)
     return _marginals_from(x, _inside(leaves, K), k, theta.shape[-1])
@@ -241,6 +251,24 @@ def _sample_from(levels, k: Tensor, n: int, num_samples: int, generator) -> Tens
         take_left = (cdf < (u * cdf[..., -1]).unsqueeze(-1)).sum(-1).clamp(max=L - 1)
         need = torch.stack([take_left, need - take_left], dim=-1).flatten(-2)
     return need[..., :n]
+
+
+def entropy(theta: Tensor, k: Tensor, K: int) -> Tensor:
+    """Exact entropy per row ``[B]``, as a sum of non-negative terms (no cancellation at any logit scale).
+
+    With tilted logits ``x`` and ``P = Pr(S = k)`` under Bernoulli(``sigmoid(x)``),
+    ``H = log P + sum_i [softplus(x_i) - x_i mu_i]``, and each bracket is written without cancellation:
+    ``softplus(-x) + x (1 - mu)`` for ``x >= 0`` and ``softplus(x) + (-x) mu`` for ``x < 0``, where
+    ``1 - mu = (1 - p_i) O_i[0]`` comes from the outside pass rather than from a subtraction.
+    """
+    c = tilt(theta, k)
+    x, leaves = _leaves(theta, c, K)
+    levels = _inside(leaves, K)
+    log_nu, log_mu = _leaf_log_weights(x, levels, k)
+    nu, mu = torch.exp(log_nu.clamp(max=0.0)), torch.exp(log_mu.clamp(max=0.0))
+    term = torch.where(x >= 0, softplus(-x) + x * nu, softplus(x) - x * mu)
+    term = torch.where(torch.isfinite(x), term, 0.0)
+    return _root_value(levels, k) + term.sum(-1)
 
 
 def sample(theta: Tensor, k: Tensor, K: int, num_samples: int, generator=None) -> Tensor:
