@@ -58,7 +58,11 @@ def test_outputs_and_gradients_are_sane(problem):
 
         h = ksubset.entropy(t, k, mask)
         lz = ksubset.log_partition(t, k, mask)
-        assert torch.isfinite(h.float()).all() and torch.isfinite(lz.float()).all()
+        assert torch.isfinite(h.float()).all()
+        # log Z is finite unless it exceeds the output dtype's range (float16 tops out at 65504)
+        lz32 = ksubset.log_partition(theta.float(), k, mask)
+        representable = lz32.abs() < torch.finfo(theta.dtype).max
+        assert torch.isfinite(lz.float()[representable]).all() and torch.isfinite(lz32).all()
         assert (h.float() >= -1e-3).all(), (engine, theta.dtype, h)
 
         z = ksubset.simple(t, k, mask)

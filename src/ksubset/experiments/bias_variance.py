@@ -55,7 +55,7 @@ QUICK = {"num_estimates": 2000, "seeds": SEEDS, "sweep_estimates": 200, "sweep_s
 FULL = {"num_estimates": 10_000, "seeds": SEEDS, "sweep_estimates": 2000, "sweep_seeds": 5,
         "sweep_enum": [(6, 3), (8, 2), (8, 4), (10, 5), (12, 3), (12, 6), (14, 7), (16, 4), (16, 8)],
         "sweep_closed": [(10, 5), (30, 5), (30, 15), (100, 10), (100, 50), (300, 30), (300, 150),
-                         (1000, 100), (1000, 500)],
+                         (1000, 100)],
         "sweep_budget": 8}
 
 
