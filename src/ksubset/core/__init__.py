@@ -1,5 +1,10 @@
-"""Exact inference on the k-subset distribution (the bottom layer: pure functions on tensors)."""
+"""Exact inference on the k-subset distribution (the bottom layer: pure functions on tensors).
 
+``prepare``/``Problem`` are exported for the layers above (estimators) that need the same validation and
+the reduction of ``±inf``/masked items to a free-item problem.
+"""
+
+from ._problem import Problem, prepare
 from .functions import available_engines, set_engine
 from .inference import (
     entropy,
@@ -14,6 +19,8 @@ from .inference import (
 )
 
 __all__ = [
+    "Problem",
+    "prepare",
     "available_engines",
     "entropy",
     "kl_divergence",

@@ -17,12 +17,7 @@ from torch.autograd.function import once_differentiable
 
 from .. import core
 
-__all__ = ["Canonical", "canonical", "compute_dtype", "custom_backward", "check"]
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float16/bfloat16 are computed in float32 inside (as in the core); float32/float64 as they are."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+__all__ = ["Canonical", "canonical", "custom_backward", "check"]
 
 
 @dataclass
@@ -50,23 +45,10 @@ class Canonical:
 
 
 def canonical(logits: Tensor, k: int | Tensor, mask: Tensor | None = None) -> Canonical:
-    """Validate ``(logits, k, mask)`` exactly as the core does, and reduce it to the free-item problem."""
-    # core.mode raises the core's TypeError/ValueError (argument and row named) on any invalid call; the
-    # top-k it computes is cheap next to any estimator.
-    core.mode(logits.detach() if isinstance(logits, Tensor) else logits, k, mask)
-    n = logits.shape[-1]
-    batch = logits.shape[:-1]
-    dt = compute_dtype(logits.dtype)
-    x = logits.reshape(-1, n).to(dt)
-    kt = torch.as_tensor(k, device=logits.device).to(torch.int64).expand(batch).reshape(-1)
-    with torch.no_grad():
-        avail = x != float("-inf")
-        if mask is not None:
-            avail = avail & mask.to(logits.device).expand(logits.shape).reshape(-1, n)
-        forced = avail & (x == float("inf"))
-        free = avail & ~forced
-    theta = torch.where(free, x, torch.full((), float("-inf"), dtype=dt, device=x.device))
-    return Canonical(theta, free, forced, kt, kt - forced.sum(-1), batch, logits.dtype)
+    """Validate ``(logits, k, mask)`` with the core's checks and reduce it to the free-item problem."""
+    P = core.prepare(logits, k, mask)
+    k_full = P.k + P.forced.sum(-1)
+    return Canonical(P.theta, P.free, P.forced, k_full, P.k, P.batch_shape, P.dtype)
 
 
 class _CustomBackward(torch.autograd.Function):
