@@ -95,7 +95,10 @@ def supports(theta: Tensor) -> bool:
 if numba is not None:
     _FM = {"reassoc", "contract"}  # lets LLVM vectorise reductions; no assumptions about inf/nan
     _jit = numba.njit(cache=True, fastmath=_FM, nogil=True)
-    _inl = numba.njit(cache=True, fastmath=_FM, nogil=True)
+    # Functions that allocate nothing run without numba's reference counting (NRT): with it, every call
+    # increfs/decrefs each array argument with atomic instructions, which costs more than the work of a
+    # 20-item row.
+    _raw = numba.njit(cache=True, fastmath=_FM, nogil=True, _nrt=False)
     _U = numba.uint64
     _U1 = np.uint64(1)
     _FLUSH = 2.0**-510  # kept entries >= _FLUSH, so products of two kept entries are normal numbers
@@ -106,7 +109,7 @@ if numba is not None:
     _TILT_TOL = 0.05
     _MAX_NEWTON = 200
 
-    @_inl
+    @_raw
     def _newton_update(c, f, fp, lo, hi):
         """One safeguarded Newton step for an increasing ``f(c)``; returns ``(c, lo, hi)``."""
         if f < 0.0:
@@ -119,15 +122,15 @@ if numba is not None:
                 return cn, lo, hi
         return 0.5 * (lo + hi), lo, hi
 
-    @_inl
+    @_raw
     def _flush(v):
         return v if v >= _FLUSH else 0.0
 
-    @_inl
+    @_raw
     def _flush_signed(v):
         return v if abs(v) >= _FLUSH else 0.0
 
-    @_jit
+    @_raw
     def _setup(th, k, idx, x, p, q):
         """Gather the free items of one row, tilt, and fill the tilted probabilities. Returns ``(m, c)``.
 
@@ -217,7 +220,7 @@ if numba is not None:
     # and at k + 1. With these guard zeros the recurrences need no edge cases. Vectors are rows of 2-d
     # arrays addressed by row number (no array views inside loops: each view costs reference counting).
 
-    @_inl
+    @_raw
     def _fstep(T, pr, cr, p, q, lo, hi):
         """``T[cr, t] = q T[pr, t] + p T[pr, t-1]`` on ``[lo, hi]`` (forward count recursion)."""
         t0 = lo
@@ -228,7 +231,7 @@ if numba is not None:
             T[cr, t] = _flush(q * T[pr, t] + p * T[pr, t - _U1])
         T[cr, hi + 1] = 0.0
 
-    @_inl
+    @_raw
     def _gstep(G, A, pr, cr, p, q, w, lo, hi):
         """``G[cr, t] = q G[pr, t] + p (G[pr, t-1] + w A[pr, t-1])`` (expectation semiring, forward)."""
         t0 = lo
@@ -240,7 +243,7 @@ if numba is not None:
             G[cr, t] = _flush_signed(q * G[pr, t] + p * G[pr, t - _U1] + pw * A[pr, t - _U1])
         G[cr, hi + 1] = 0.0
 
-    @_inl
+    @_raw
     def _bstep(R, pr, cr, p, q, lo, hi):
         """``R[cr, u] = q R[pr, u] + p R[pr, u+1]`` on ``[lo, hi]`` (backward recursion, reversed index)."""
         for u in range(_U(lo), _U(hi + 1)):
@@ -248,7 +251,7 @@ if numba is not None:
         if lo > 0:
             R[cr, lo - 1] = 0.0
 
-    @_inl
+    @_raw
     def _hstep(H, R, pr, cr, p, q, w, lo, hi):
         """``H[cr, u] = q H[pr, u] + p (H[pr, u+1] + w R[pr, u+1])`` (expectation semiring, backward)."""
         pw = p * w
@@ -257,7 +260,7 @@ if numba is not None:
         if lo > 0:
             H[cr, lo - 1] = 0.0
 
-    @_jit
+    @_raw
     def _rescale(T, G, row, with_g, lo, hi):
         """Exponent change (0 if none) that brings ``max T[row, lo..hi]`` back into ``[2^-200, 2^200]``."""
         mx = 0.0
@@ -274,7 +277,7 @@ if numba is not None:
                 G[row, t] = _flush_signed(G[row, t] * s)
         return f
 
-    @_jit
+    @_raw
     def _fwd_rows(ta, tg, ea, with_g, r0, r1, p, q, w, m, k):
         """Forward rows ``r0 + 1 .. r1`` into ``ta[r - r0]`` from row ``r0`` in ``ta[0]`` (and ``tg``)."""
         for r in range(r0 + 1, r1 + 1):
@@ -292,14 +295,14 @@ if numba is not None:
                 e += _rescale(ta, tg, cr, with_g, lo, hi)
             ea[cr] = e
 
-    @_jit
+    @_raw
     def _block_size(n, K, limit):
         """Rows per block of the forward table: all ``n + 1`` if they fit in ``limit`` entries."""
         if (n + 1) * (K + 2) <= limit:
             return n + 1
         return int(math.sqrt(n + 1.0)) + 1
 
-    @_jit
+    @_raw
     def _forward(ta, tg, ea, ca, cg, ce, with_g, s, nb, p, q, w, m, k):
         """The whole forward pass; keeps checkpoints (when ``nb > 1``) and leaves the last block in ``ta``."""
         ta[0, 0] = 1.0
@@ -319,24 +322,28 @@ if numba is not None:
                     _gstep(tg, ta, s - 1, 0, p[r0 - 1], q[r0 - 1], w[r0 - 1], lo, hi)
                 ea[0] = ea[s - 1] + _rescale(ta, tg, 0, with_g, lo, hi)
             if nb > 1:
-                ca[blk, :] = ta[0, :]
+                for t in range(k + 2):
+                    ca[blk, t] = ta[0, t]
                 ce[blk] = ea[0]
                 if with_g:
-                    cg[blk, :] = tg[0, :]
+                    for t in range(k + 2):
+                        cg[blk, t] = tg[0, t]
             _fwd_rows(ta, tg, ea, with_g, r0, r1, p, q, w, m, k)
 
-    @_jit
+    @_raw
     def _restore(ta, tg, ea, ca, cg, ce, with_g, blk, s, p, q, w, m, k):
         """Recompute block ``blk`` of the forward table from its checkpoint."""
         r0 = blk * s
         r1 = min(r0 + s - 1, m)
-        ta[0, :] = ca[blk, :]
+        for t in range(k + 2):
+            ta[0, t] = ca[blk, t]
         ea[0] = ce[blk]
         if with_g:
-            tg[0, :] = cg[blk, :]
+            for t in range(k + 2):
+                tg[0, t] = cg[blk, t]
         _fwd_rows(ta, tg, ea, with_g, r0, r1, p, q, w, m, k)
 
-    @_jit
+    @_raw
     def _row_sweep(th, k, s, want_mu, want_cov, v, u, b, z, mu_out, cov_out, ws):
         """Marginals, covariance-vector product and samples of one row (everything but ``log Z``).
 

@@ -22,6 +22,7 @@ __all__ = ["Experiment", "register", "get", "names", "run", "run_all"]
 #: Modules that register experiments, imported lazily (heavy dependencies stay unimported until needed).
 _MODULES = [
     "ksubset.experiments.bias_variance",
+    "ksubset.experiments.sparse_regression.experiment",
 ]
 
 
