@@ -46,6 +46,7 @@ indices so that LLVM vectorises them (numba's negative-index wraparound otherwis
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -550,7 +551,12 @@ def _threads(B: int, n: int, K: int) -> int:
 
 
 def _run_rows(fn, B: int, n: int, K: int, *args) -> None:
-    """``fn(*args, b0, b1)`` over row ranges, in parallel (the kernels release the GIL)."""
+    """``fn(*args, b0, b1)`` over row ranges, on up to ``torch.get_num_threads()`` threads.
+
+    The kernels release the GIL. Rows are cut into a few chunks per thread that the calling thread and the
+    pool's threads claim one at a time, so a busy machine (a pool thread that is not scheduled soon) slows
+    nothing down: the calling thread then simply does more of the chunks itself.
+    """
     T = _threads(B, n, K)
     if T == 1:
         if B:
@@ -561,11 +567,19 @@ def _run_rows(fn, B: int, n: int, K: int, *args) -> None:
         if _pool is None or _pool._max_workers < T - 1:
             _pool = ThreadPoolExecutor(max_workers=T - 1, thread_name_prefix="ksubset-kernels")
         pool = _pool
-    bounds = [B * t // T for t in range(T + 1)]
-    futures = [pool.submit(fn, *args, bounds[t], bounds[t + 1]) for t in range(1, T)]
-    fn(*args, bounds[0], bounds[1])
+    C = min(B, 4 * T)
+    bounds = [B * c // C for c in range(C + 1)]
+    claim = itertools.count()  # next() is atomic under the GIL
+
+    def work() -> None:
+        while (c := next(claim)) < C:
+            fn(*args, bounds[c], bounds[c + 1])
+
+    futures = [pool.submit(work) for _ in range(T - 1)]
+    work()
     for f in futures:
-        f.result()
+        if not f.cancel():  # started: it may hold a chunk
+            f.result()
 
 
 _NO_U = np.zeros((0, 1, 1))
