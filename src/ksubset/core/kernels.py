@@ -40,8 +40,16 @@ checkpoint and each block of ``s`` rows is recomputed from its checkpoint when t
 forward pass). Peak memory is then ``O(sqrt(n) k)`` per row in flight (16 MB at ``n = 10^6, k = 1000``).
 
 Cost per row, in passes of ``m k`` multiply-adds: ``log_partition`` 1; ``marginals`` and
-``sample_and_marginals`` 3 (4 with checkpoints); ``sample`` 1 (2); ``cov_vec`` 7 (9). Inner loops use unsigned
-indices so that LLVM vectorises them (numba's negative-index wraparound otherwise blocks it).
+``sample_and_marginals`` 3 (4 with checkpoints); ``sample`` 1 (2); ``cov_vec`` 7 (9).
+
+Code generation (what made the difference, measured): inner loops use unsigned indices (numba's
+negative-index wraparound otherwise blocks LLVM's vectoriser); per-row functions are compiled without
+numba's reference counting (``_nrt=False``: its atomic increments cost more than a 20-item row);
+``error_model="numpy"`` (no zero-division checks in vectorisable loops); for ``K <= DENSE_MAX_K`` every
+count up to a multiple of 16 is computed (trip counts the vector loops accept, see ``_band``); and for
+``K <= LANES_MAX_K`` with many rows, :data:`LANES` rows are processed side by side, the innermost loop
+running over rows (``_lanes_group``). Rows are spread over ``torch.get_num_threads()`` Python threads (the
+kernels release the GIL), claimed chunk by chunk so that a busy machine costs nothing extra.
 """
 
 from __future__ import annotations
@@ -76,6 +84,14 @@ TABLE_LIMIT = 1 << 21
 #: A table row is checked for rescaling every this many items (a safety net; see the module docstring).
 RESCALE_EVERY = 32
 
+#: Up to this K the per-row kernel computes every count up to a multiple of 16 (see ``_band``).
+DENSE_MAX_K = 63
+
+#: Rows processed side by side by the lanes kernel (used when K <= LANES_MAX_K and the table is small).
+LANES = 8
+LANES_MAX_K = 16
+LANES_TABLE_LIMIT = 1 << 20
+
 #: Below this much work (``B n (K + 1)``) the kernels run on one thread (thread start-up costs more).
 PARALLEL_MIN_WORK = 1 << 17
 
@@ -95,11 +111,11 @@ def supports(theta: Tensor) -> bool:
 
 if numba is not None:
     _FM = {"reassoc", "contract"}  # lets LLVM vectorise reductions; no assumptions about inf/nan
-    _jit = numba.njit(cache=True, fastmath=_FM, nogil=True)
+    _jit = numba.njit(cache=True, fastmath=_FM, nogil=True, error_model="numpy")
     # Functions that allocate nothing run without numba's reference counting (NRT): with it, every call
     # increfs/decrefs each array argument with atomic instructions, which costs more than the work of a
     # 20-item row.
-    _raw = numba.njit(cache=True, fastmath=_FM, nogil=True, _nrt=False)
+    _raw = numba.njit(cache=True, fastmath=_FM, nogil=True, error_model="numpy", _nrt=False)
     _U = numba.uint64
     _U1 = np.uint64(1)
     _FLUSH = 2.0**-510  # kept entries >= _FLUSH, so products of two kept entries are normal numbers
@@ -109,6 +125,7 @@ if numba is not None:
     _SPREAD = 1200.0  # logit spread up to which the tilt takes one exp per item
     _TILT_TOL = 0.05
     _MAX_NEWTON = 200
+    _LANES = LANES
 
     @_raw
     def _newton_update(c, f, fp, lo, hi):
@@ -279,13 +296,24 @@ if numba is not None:
         return f
 
     @_raw
-    def _fwd_rows(ta, tg, ea, with_g, r0, r1, p, q, w, m, k):
+    def _band(i, m, k, dn):
+        """Band ``[lo, hi]`` of the forward vector after item ``i``; ``[0, dn]`` in dense mode (``dn > 0``).
+
+        Dense mode computes every count up to ``dn`` (a multiple of 16, at least ``k + 1``) at every item:
+        a little more arithmetic for small ``k``, but loops whose trip count is a multiple of the vector
+        length, so that they run vectorised instead of in LLVM's scalar remainder loop.
+        """
+        if dn > 0:
+            return 0, dn
+        return max(0, k - (m - i)), min(i, k)
+
+    @_raw
+    def _fwd_rows(ta, tg, ea, with_g, r0, r1, p, q, w, m, k, dn):
         """Forward rows ``r0 + 1 .. r1`` into ``ta[r - r0]`` from row ``r0`` in ``ta[0]`` (and ``tg``)."""
         for r in range(r0 + 1, r1 + 1):
             pi = p[r - 1]
             qi = q[r - 1]
-            lo = max(0, k - (m - r))
-            hi = min(r, k)
+            lo, hi = _band(r, m, k, dn)
             pr = r - 1 - r0
             cr = r - r0
             _fstep(ta, pr, cr, pi, qi, lo, hi)
@@ -304,48 +332,48 @@ if numba is not None:
         return int(math.sqrt(n + 1.0)) + 1
 
     @_raw
-    def _forward(ta, tg, ea, ca, cg, ce, with_g, s, nb, p, q, w, m, k):
+    def _forward(ta, tg, ea, ca, cg, ce, with_g, s, nb, p, q, w, m, k, dn):
         """The whole forward pass; keeps checkpoints (when ``nb > 1``) and leaves the last block in ``ta``."""
+        L = dn + 2 if dn > 0 else 2
+        for t in range(L):
+            ta[0, t] = 0.0
+            if with_g:
+                tg[0, t] = 0.0
         ta[0, 0] = 1.0
-        ta[0, 1] = 0.0
         ea[0] = 0
-        if with_g:
-            tg[0, 0] = 0.0
-            tg[0, 1] = 0.0
         for blk in range(nb):
             r0 = blk * s
             r1 = min(r0 + s - 1, m)
             if blk > 0:  # row r0 from the last row of the previous block (rows s-1 and 0 differ: s >= 2)
-                lo = max(0, k - (m - r0))
-                hi = min(r0, k)
+                lo, hi = _band(r0, m, k, dn)
                 _fstep(ta, s - 1, 0, p[r0 - 1], q[r0 - 1], lo, hi)
                 if with_g:
                     _gstep(tg, ta, s - 1, 0, p[r0 - 1], q[r0 - 1], w[r0 - 1], lo, hi)
                 ea[0] = ea[s - 1] + _rescale(ta, tg, 0, with_g, lo, hi)
             if nb > 1:
-                for t in range(k + 2):
+                for t in range(max(k, dn) + 2):
                     ca[blk, t] = ta[0, t]
                 ce[blk] = ea[0]
                 if with_g:
-                    for t in range(k + 2):
+                    for t in range(max(k, dn) + 2):
                         cg[blk, t] = tg[0, t]
-            _fwd_rows(ta, tg, ea, with_g, r0, r1, p, q, w, m, k)
+            _fwd_rows(ta, tg, ea, with_g, r0, r1, p, q, w, m, k, dn)
 
     @_raw
-    def _restore(ta, tg, ea, ca, cg, ce, with_g, blk, s, p, q, w, m, k):
+    def _restore(ta, tg, ea, ca, cg, ce, with_g, blk, s, p, q, w, m, k, dn):
         """Recompute block ``blk`` of the forward table from its checkpoint."""
         r0 = blk * s
         r1 = min(r0 + s - 1, m)
-        for t in range(k + 2):
+        for t in range(max(k, dn) + 2):
             ta[0, t] = ca[blk, t]
         ea[0] = ce[blk]
         if with_g:
-            for t in range(k + 2):
+            for t in range(max(k, dn) + 2):
                 tg[0, t] = cg[blk, t]
-        _fwd_rows(ta, tg, ea, with_g, r0, r1, p, q, w, m, k)
+        _fwd_rows(ta, tg, ea, with_g, r0, r1, p, q, w, m, k, dn)
 
     @_raw
-    def _row_sweep(th, k, s, want_mu, want_cov, v, u, b, z, mu_out, cov_out, ws):
+    def _row_sweep(th, k, s, want_mu, want_cov, v, u, b, z, mu_out, cov_out, ws, dense):
         """Marginals, covariance-vector product and samples of one row (everything but ``log Z``).
 
         ``u [S, B, n]`` uniforms (``S`` may be 0); writes ``z[:, b]``, ``mu_out`` and ``cov_out`` (this row of
@@ -375,9 +403,10 @@ if numba is not None:
             vbar = spv / sp
             for i in range(m):
                 w[i] = v[idx[i]] - vbar
-        L = k + 2
+        dn = (k + 16) // 16 * 16 if dense else 0  # dense width: a multiple of 16 >= k + 1
+        L = max(k, dn) + 2
         nb = (m + s) // s  # blocks of table rows 0..m
-        _forward(ta, tg, ea, ca, cg, ce, with_g, s, nb, p, q, w, m, k)
+        _forward(ta, tg, ea, ca, cg, ce, with_g, s, nb, p, q, w, m, k, dn)
         last = m - (nb - 1) * s
         zk = ta[last, k]
         if not (zk > 0.0 and zk < np.inf):
@@ -387,7 +416,7 @@ if numba is not None:
         gbar = tg[last, k] * inv_zk if with_g else 0.0  # E[z . w]
         want_r = want_mu or want_cov
         # backward vectors R (and H): rows ra / 1 - ra of rr (hh); R_{m+1} = e_k, H_{m+1} = 0
-        for t in range(L):  # noqa: B007 - L = k + 2
+        for t in range(L):
             rr[0, t] = 0.0
             rr[1, t] = 0.0
             hh[0, t] = 0.0
@@ -401,15 +430,18 @@ if numba is not None:
             r0 = blk * s
             r1 = min(r0 + s - 1, m)
             if blk < nb - 1:
-                _restore(ta, tg, ea, ca, cg, ce, with_g, blk, s, p, q, w, m, k)
+                _restore(ta, tg, ea, ca, cg, ce, with_g, blk, s, p, q, w, m, k, dn)
             for i in range(min(r1 + 1, m), r0, -1):
                 row = i - 1 - r0  # A_{i-1}
                 pi = p[i - 1]
                 qi = q[i - 1]
-                plo = max(0, k - (m - i + 1))  # band of A_{i-1} (= band of R_i)
-                phi = min(i - 1, k)
-                lo = max(0, k - (m - i))  # band of A_i (= band of R_{i+1})
-                hi = min(i, k)
+                if dn > 0:  # dense: R on [0, dn - 1], its entry dn stays 0
+                    plo, phi, lo, hi = 0, dn - 1, 1, dn
+                else:
+                    plo = max(0, k - (m - i + 1))  # band of A_{i-1} (= band of R_i)
+                    phi = min(i - 1, k)
+                    lo = max(0, k - (m - i))  # band of A_i (= band of R_{i+1})
+                    hi = min(i, k)
                 item = idx[i - 1]
                 # --- samples: j items still needed from items 1..i
                 for si in range(S):
@@ -459,12 +491,12 @@ if numba is not None:
         return True
 
     @_jit
-    def _workspace(n, K, S, s, want_cov):
-        """Work space of one thread, sized for any row of the batch (table rows have stride ``K + 2``)."""
+    def _workspace(n, K, S, s, want_cov, dense):
+        """Work space of one thread, sized for any row of the batch (table rows have stride ``L``)."""
         rows = min(s, n + 1)
         nb = (n + s) // s
         ncp = nb if nb > 1 else 1
-        L = K + 2
+        L = max(K, (K + 16) // 16 * 16 if dense else 0) + 2
         return (
             np.empty(n, np.int64),  # idx
             np.empty(S, np.int64),  # need
@@ -483,19 +515,215 @@ if numba is not None:
         )
 
     @_jit
-    def _sweep_rows(theta, k, K, s, want_mu, want_cov, v, u, z, mu_out, cov_out, ok, b0, b1):
-        ws = _workspace(theta.shape[1], K, u.shape[0], s, want_cov)
+    def _sweep_rows(theta, k, K, s, want_mu, want_cov, v, u, z, mu_out, cov_out, ok, dense, b0, b1):
+        ws = _workspace(theta.shape[1], K, u.shape[0], s, want_cov, dense)
         for b in range(b0, b1):
-            ok[b] = _row_sweep(theta[b], k[b], s, want_mu, want_cov, v[b], u, b, z, mu_out[b], cov_out[b], ws)
+            ok[b] = _row_sweep(
+                theta[b], k[b], s, want_mu, want_cov, v[b], u, b, z, mu_out[b], cov_out[b], ws, dense
+            )
+
+    # ------------------------------------------------------------------------------------------------------
+    # Lanes: _LANES rows side by side, the innermost (vectorised) index running over rows. For many short
+    # rows with small K, where the per-row kernel's loops over j are too short to vectorise well. Every row
+    # of a group walks all n items (an unavailable item is an identity step, p = 0, q = 1) and all counts
+    # j <= min(i, K) (no lower band); tables are kept whole (no checkpoints) and there is no rescaling (each
+    # row's maximum stays >= Pr(S = k) / (k + 1), see the module docstring; a row whose Pr(S = k) is not a
+    # positive finite number is reported as failed and recomputed by the fallback).
+
+    @_raw
+    def _lanes_setup(theta, k, v, b0, b1, with_g, P, Q, Wt, kl, ml, idx, x, p, q):
+        """Tilted ``p``/``q`` (and centred ``v``) of rows ``b0..b1-1`` into lanes; returns nothing.
+
+        Lanes past ``b1`` and trivial rows (``k = 0`` or ``k = m``) are dummies: p = 0, q = 1, k = 0.
+        """
+        n = theta.shape[1]
+        for w in range(_LANES):
+            for i in range(n):
+                P[i, w] = 0.0
+                Q[i, w] = 1.0
+                Wt[i, w] = 0.0
+            kl[w] = 0
+            ml[w] = 0
+            b = b0 + w
+            if b >= b1:
+                continue
+            kb = k[b]
+            m, _ = _setup(theta[b], kb, idx, x, p, q)
+            ml[w] = m
+            if kb == 0 or kb == m:
+                continue
+            kl[w] = kb
+            for t in range(m):
+                P[idx[t], w] = p[t]
+                Q[idx[t], w] = q[t]
+            if with_g:
+                sp = 0.0
+                spv = 0.0
+                for t in range(m):
+                    sp += p[t]
+                    spv += p[t] * v[b, idx[t]]
+                vbar = spv / sp
+                for t in range(m):
+                    Wt[idx[t], w] = v[b, idx[t]] - vbar
+
+    @_raw
+    def _lanes_group(theta, k, K, want_mu, want_cov, v, u, z, mu_out, cov_out, ok, b0, b1, ws):
+        """Rows ``b0 .. b1-1`` (at most ``_LANES``) of the sweep, side by side."""
+        P, Q, Wt, A, G, R, H, need, kl, ml, zinv, gbar, d, dg, idx, x, p, q = ws
+        n = theta.shape[1]
+        S = u.shape[0]
+        with_g = want_cov
+        _lanes_setup(theta, k, v, b0, b1, with_g, P, Q, Wt, kl, ml, idx, x, p, q)
+        # forward tables
+        for w in range(_LANES):
+            A[0, 0, w] = 1.0
+            A[0, 1, w] = 0.0
+            G[0, 0, w] = 0.0
+            G[0, 1, w] = 0.0
+        for i in range(1, n + 1):
+            hi = min(i, K)
+            for w in range(_LANES):
+                A[i, 0, w] = _flush(Q[i - 1, w] * A[i - 1, 0, w])
+            for j in range(1, hi + 1):
+                for w in range(_LANES):
+                    A[i, j, w] = _flush(Q[i - 1, w] * A[i - 1, j, w] + P[i - 1, w] * A[i - 1, j - 1, w])
+            for w in range(_LANES):
+                A[i, hi + 1, w] = 0.0
+            if with_g:
+                for w in range(_LANES):
+                    G[i, 0, w] = _flush_signed(Q[i - 1, w] * G[i - 1, 0, w])
+                for j in range(1, hi + 1):
+                    for w in range(_LANES):
+                        pw = P[i - 1, w]
+                        G[i, j, w] = _flush_signed(
+                            Q[i - 1, w] * G[i - 1, j, w]
+                            + pw * G[i - 1, j - 1, w]
+                            + pw * Wt[i - 1, w] * A[i - 1, j - 1, w]
+                        )
+                for w in range(_LANES):
+                    G[i, hi + 1, w] = 0.0
+        for w in range(_LANES):
+            zk = A[n, kl[w], w]
+            zinv[w] = 1.0 / zk if (zk > 0.0 and zk < np.inf) else 0.0
+            gbar[w] = G[n, kl[w], w] * zinv[w] if with_g else 0.0
+            if b0 + w < b1 and zinv[w] == 0.0:
+                ok[b0 + w] = False
+        # backward vectors R (and H), ping-pong rows ra / 1 - ra; R_{n+1}[u] = [u == k]
+        for r in range(2):
+            for t in range(K + 2):
+                for w in range(_LANES):
+                    R[r, t, w] = 0.0
+                    H[r, t, w] = 0.0
+        for w in range(_LANES):
+            R[0, kl[w], w] = 1.0
+            for si in range(S):
+                need[si, w] = kl[w]
+        ra = 0
+        for i in range(n, 0, -1):
+            it = i - 1  # the item
+            # --- samples (per lane; j items still needed from items 1..i)
+            for w in range(_LANES):
+                pw = P[it, w]
+                if S == 0 or pw == 0.0:
+                    continue
+                for si in range(S):
+                    j = need[si, w]
+                    if j == 0:
+                        continue
+                    t1 = pw * A[it, j - 1, w]
+                    tot = t1 + Q[it, w] * A[it, j, w]
+                    if tot > 0.0:
+                        take = u[si, b0 + w, it] * tot < t1
+                    else:
+                        take = True
+                    if take:
+                        z[si, b0 + w, it] = 1
+                        need[si, w] = j - 1
+            # --- marginals (and E[z_i z.w]) of item i
+            if want_mu or with_g:
+                for w in range(_LANES):
+                    d[w] = 0.0
+                    dg[w] = 0.0
+                jh = min(i - 1, K - 1)
+                for j in range(0, jh + 1):
+                    for w in range(_LANES):
+                        d[w] += A[it, j, w] * R[ra, j + 1, w]
+                if with_g:
+                    for j in range(0, jh + 1):
+                        for w in range(_LANES):
+                            dg[w] += G[it, j, w] * R[ra, j + 1, w] + A[it, j, w] * H[ra, j + 1, w]
+                for w in range(_LANES):
+                    if b0 + w < b1 and kl[w] > 0:
+                        f = P[it, w] * zinv[w]
+                        mui = min(d[w] * f, 1.0)
+                        if want_mu:
+                            mu_out[b0 + w, it] = mui
+                        if with_g:
+                            cov_out[b0 + w, it] = (dg[w] + Wt[it, w] * d[w]) * f - mui * gbar[w]
+                # --- R_i (and H_i) from R_{i+1}
+                rb = 1 - ra
+                for t in range(K + 1):
+                    for w in range(_LANES):
+                        R[rb, t, w] = _flush(Q[it, w] * R[ra, t, w] + P[it, w] * R[ra, t + 1, w])
+                if with_g:
+                    for t in range(K + 1):
+                        for w in range(_LANES):
+                            pw = P[it, w]
+                            H[rb, t, w] = _flush_signed(
+                                Q[it, w] * H[ra, t, w]
+                                + pw * H[ra, t + 1, w]
+                                + pw * Wt[it, w] * R[ra, t + 1, w]
+                            )
+                ra = rb
+        # trivial rows: k = m selects every free item
+        for w in range(_LANES):
+            b = b0 + w
+            if b < b1 and k[b] > 0 and k[b] == ml[w]:
+                for i in range(n):
+                    if theta[b, i] > -np.inf:
+                        if want_mu:
+                            mu_out[b, i] = 1.0
+                        for si in range(S):
+                            z[si, b, i] = 1
 
     @_jit
-    def _log_z_rows(theta, k, K, out, b0, b1):
+    def _lanes_rows(theta, k, K, want_mu, want_cov, v, u, z, mu_out, cov_out, ok, b0, b1):
+        n = theta.shape[1]
+        S = u.shape[0]
+        g = n + 1 if want_cov else 1
+        ws = (
+            np.empty((n, _LANES)),  # P
+            np.empty((n, _LANES)),  # Q
+            np.empty((n, _LANES)),  # Wt
+            np.empty((n + 1, K + 2, _LANES)),  # A
+            np.empty((g, K + 2, _LANES)),  # G
+            np.empty((2, K + 2, _LANES)),  # R
+            np.empty((2, K + 2, _LANES)),  # H
+            np.empty((S, _LANES), np.int64),  # need
+            np.empty(_LANES, np.int64),  # kl
+            np.empty(_LANES, np.int64),  # ml
+            np.empty(_LANES),  # zinv
+            np.empty(_LANES),  # gbar
+            np.empty(_LANES),  # d
+            np.empty(_LANES),  # dg
+            np.empty(n, np.int64),  # idx
+            np.empty(n),  # x
+            np.empty(n),  # p
+            np.empty(n),  # q
+        )
+        for g0 in range(b0, b1, _LANES):
+            _lanes_group(
+                theta, k, K, want_mu, want_cov, v, u, z, mu_out, cov_out, ok, g0, min(g0 + _LANES, b1), ws
+            )
+
+    @_jit
+    def _log_z_rows(theta, k, K, out, dense, b0, b1):
         n = theta.shape[1]
         idx = np.empty(n, np.int64)
         x = np.empty(n)
         p = np.empty(n)
         q = np.empty(n)
-        a = np.empty((2, K + 2))
+        a = np.empty((2, max(K, (K + 16) // 16 * 16 if dense else 0) + 2))
         for b in range(b0, b1):
             kb = k[b]
             m, c = _setup(theta[b], kb, idx, x, p, q)
@@ -508,12 +736,13 @@ if numba is not None:
                     tot += x[i]
                 out[b] = tot
                 continue
+            dn = (kb + 16) // 16 * 16 if dense else 0
+            for t in range(max(kb, dn) + 2):
+                a[0, t] = 0.0
             a[0, 0] = 1.0
-            a[0, 1] = 0.0
             e = 0
             for r in range(1, m + 1):
-                lo = max(0, kb - (m - r))
-                hi = min(r, kb)
+                lo, hi = _band(r, m, kb, dn)
                 _fstep(a, (r - 1) & 1, r & 1, p[r - 1], q[r - 1], lo, hi)
                 if r % _RESCALE == 0:
                     e += _rescale(a, a, r & 1, False, lo, hi)
@@ -550,7 +779,11 @@ def _threads(B: int, n: int, K: int) -> int:
     return max(1, min(B, torch.get_num_threads()))
 
 
-def _run_rows(fn, B: int, n: int, K: int, *args) -> None:
+def _use_lanes(B: int, n: int, K: int) -> bool:
+    return B >= 2 and 0 < K <= LANES_MAX_K and (n + 1) * (K + 2) * LANES <= LANES_TABLE_LIMIT
+
+
+def _run_rows(fn, B: int, n: int, K: int, *args, align: int = 1) -> None:
     """``fn(*args, b0, b1)`` over row ranges, on up to ``torch.get_num_threads()`` threads.
 
     The kernels release the GIL. Rows are cut into a few chunks per thread that the calling thread and the
@@ -567,8 +800,8 @@ def _run_rows(fn, B: int, n: int, K: int, *args) -> None:
         if _pool is None or _pool._max_workers < T - 1:
             _pool = ThreadPoolExecutor(max_workers=T - 1, thread_name_prefix="ksubset-kernels")
         pool = _pool
-    C = min(B, 4 * T)
-    bounds = [B * c // C for c in range(C + 1)]
+    C = max(1, min(-(-B // align), 4 * T))
+    bounds = [min(B, (B * c // C + align - 1) // align * align) for c in range(C + 1)]
     claim = itertools.count()  # next() is atomic under the GIL
 
     def work() -> None:
@@ -599,8 +832,12 @@ def _sweep(theta: Tensor, k: Tensor, K: int, want_mu: bool, v: Tensor | None, u:
     mu = np.zeros((B, n) if want_mu else (B, 1))
     cov = np.zeros((B, n) if want_cov else (B, 1))
     ok = np.ones(B, np.bool_)
-    s = _block_size(n, K, TABLE_LIMIT)
-    _run_rows(_sweep_rows, B, n, K, th, kk, K, s, want_mu, want_cov, vv, uu, z, mu, cov, ok)
+    dense = 0 < K <= DENSE_MAX_K
+    if _use_lanes(B, n, K):
+        _run_rows(_lanes_rows, B, n, K, th, kk, K, want_mu, want_cov, vv, uu, z, mu, cov, ok, align=LANES)
+    else:
+        s = _block_size(n, K, TABLE_LIMIT)
+        _run_rows(_sweep_rows, B, n, K, th, kk, K, s, want_mu, want_cov, vv, uu, z, mu, cov, ok, dense)
     zt, mut, covt = torch.from_numpy(z), torch.from_numpy(mu), torch.from_numpy(cov)
     if not ok.all():  # pragma: no cover - a safety net (see the module docstring)
         zt, mut, covt = _fallback(theta, k, K, want_mu, v, u, ok, zt, mut, covt)
@@ -636,7 +873,7 @@ def log_partition(theta: Tensor, k: Tensor, K: int) -> Tensor:
     B, n = theta.shape
     out = np.empty(B)
     th, kk = _as_f64(theta), _as_i64(k)
-    _run_rows(_log_z_rows, B, n, K, th, kk, int(K), out)
+    _run_rows(_log_z_rows, B, n, K, th, kk, int(K), out, 0 < K <= DENSE_MAX_K)
     res = torch.from_numpy(out)
     bad = ~torch.isfinite(res)
     if bad.any():  # pragma: no cover - a safety net (see the module docstring)
