@@ -1,23 +1,28 @@
 """Benchmark suite: exact k-subset sampling + SIMPLE against the reference engine and the relaxations.
 
-Run as ``python -m ksubset.bench`` (or ``ksubset bench``); ``--quick`` finishes in about a minute.
+Run as ``python -m ksubset.bench`` (or ``ksubset bench``); ``--quick`` finishes in a few minutes.
 
 What is timed: one training step's worth of the estimator, ``z = est(logits, k); z.backward(g)`` with a fixed
-upstream gradient ``g`` (forward sample + backward), median of at least 5 runs after warm-up, in one process,
-with torch's default thread count. Estimators:
+upstream gradient ``g`` (forward sample + backward), in one process, with torch's default thread count
+(``--threads N`` to change it). For each shape the methods are timed round-robin (one run of each per round,
+after two warm-up runs each) and the median of at least 5 runs is reported, so that a change in machine load
+during the measurement affects every method alike. Methods:
 
-* ``reference`` / ``tree`` / ``kernels (auto)`` — :func:`ksubset.simple` with the engine forced by
+* ``reference`` / ``tree`` / ``auto`` — :func:`ksubset.simple` with the engine forced by
   :func:`ksubset.core.set_engine` (``auto`` is the default dispatch: the compiled kernel on CPU when numba is
   installed, else the tree);
 * ``st_relaxed_topk`` — Xie & Ermon's relaxed top-k (k successive softmaxes of Gumbel-perturbed logits with
   ``alpha <- alpha + log(1 - a)``), hard top-k forward by straight-through; ``relaxed_topk`` — the same
   without the hard forward; ``imle`` — perturb-and-MAP with sum-of-gamma noise, backward the difference of two
-  MAPs. These come from :mod:`ksubset.estimators` when it provides them, else from small private versions.
+  MAPs. These come from :mod:`ksubset.estimators` when it provides them, else from small private versions;
+* ``st_relaxed_topk_lean`` / ``relaxed_topk_lean`` — minimal versions of the two relaxations (no argument
+  checks, masks or per-row k): the cheapest a user could write them, the stricter comparison.
 
-Also reported: peak resident memory of a fresh process running the case (``ru_maxrss``, which sees torch's and
-numba's allocations; the process's resident size before the case is given next to it), and the largest
+Also reported: the peak resident memory of a fresh process while it runs the case (sampled every 5 ms; the
+resident size before the case — interpreter, torch, numba, inputs — next to it; ``ru_maxrss`` is not used
+because a child started by fork + exec inherits its parent's high-water mark on Linux), and the largest
 ``|mu - mu_64|`` of each exact engine's marginals (inputs in float32) against a float64 reference (the
-sequential reference engine for the small shapes, the tree engine for the large one).
+sequential reference engine for the small shapes, the tree engine for ``n = 10^6``; full runs only).
 
 Outputs in ``--out`` (default ``results/bench``): ``bench.json`` (every number) and ``growth.png`` (log-log
 time against n and k), both written atomically.
@@ -273,10 +278,10 @@ class _RssSampler:
 def _child(spec: dict) -> dict:
     """Run one case in this (fresh) process: warm-up, timed runs, memory, optional float64 check.
 
-    ``peak_case_mb``: the largest resident size sampled during the timed runs (after a warm-up run, so numba's
-    compilation, if its cache was stale, is not counted); ``peak_rss_mb``: the process's ``ru_maxrss``, which
-    includes everything since start-up; ``rss_before_mb``: the resident size before the case (interpreter,
-    torch, inputs).
+    ``peak_rss_mb``: the largest resident size of this process sampled (every 5 ms) during the timed runs,
+    after one warm-up run (so a numba compilation, if its cache was stale, is not counted);
+    ``rss_before_mb``: the resident size before the case (interpreter, torch, numba, inputs). Not
+    ``ru_maxrss``: on Linux a child started by ``fork`` + ``exec`` inherits its parent's high-water mark.
     """
     method, B, n, k = spec["method"], spec["B"], spec["n"], spec["k"]
     if spec.get("threads"):
@@ -295,8 +300,7 @@ def _child(spec: dict) -> dict:
         "median_s": statistics.median(times),
         "times_s": times,
         "rss_before_mb": rss_before,
-        "peak_case_mb": sampler.peak,
-        "peak_rss_mb": _peak_mb(),
+        "peak_rss_mb": sampler.peak,
     }
     if spec.get("check_engine"):
         x, _ = _inputs(B, n, "cpu", spec.get("seed", 0))
@@ -395,7 +399,7 @@ def _main_table(args, log) -> list[dict]:
                 row["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
             elif not args.quick and not args.no_memory:
                 mem = _in_child({"method": method, "B": B, "n": n, "k": k, "runs": 1}, timeout_s=600)
-                row["peak_rss_mb"] = mem.get("peak_case_mb")
+                row["peak_rss_mb"] = mem.get("peak_rss_mb")
                 row["rss_before_mb"] = mem.get("rss_before_mb")
             rows.append(row)
         by = {r["method"]: r["median_s"] for r in rows if r["shape"] == name}

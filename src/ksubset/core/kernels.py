@@ -118,6 +118,7 @@ if numba is not None:
     _raw = numba.njit(cache=True, fastmath=_FM, nogil=True, error_model="numpy", _nrt=False)
     _U = numba.uint64
     _U1 = np.uint64(1)
+    _U8 = np.uint64(8)
     _FLUSH = 2.0**-510  # kept entries >= _FLUSH, so products of two kept entries are normal numbers
     _LO_SCALE = 2.0**-200
     _HI_SCALE = 2.0**200
@@ -567,116 +568,161 @@ if numba is not None:
                     Wt[idx[t], w] = v[b, idx[t]] - vbar
 
     @_raw
+    def _tile(X, Y, Xt, n, K):
+        """``Xt[i, j * 8 + w] = X[i, w] Y[i, w]`` for ``j <= K + 1``: per-lane coefficients laid out like a
+        table row.
+
+        The eight values are read into locals before the eight stores, so LLVM's SLP vectoriser can turn each
+        group into one vector load and store (with interleaved loads and stores it must assume aliasing).
+        """
+        for i in range(n):
+            x0, x1, x2, x3 = X[i, 0] * Y[i, 0], X[i, 1] * Y[i, 1], X[i, 2] * Y[i, 2], X[i, 3] * Y[i, 3]
+            x4, x5, x6, x7 = X[i, 4] * Y[i, 4], X[i, 5] * Y[i, 5], X[i, 6] * Y[i, 6], X[i, 7] * Y[i, 7]
+            for j in range(K + 2):
+                f = j * 8
+                Xt[i, f], Xt[i, f + 1], Xt[i, f + 2], Xt[i, f + 3] = x0, x1, x2, x3
+                Xt[i, f + 4], Xt[i, f + 5], Xt[i, f + 6], Xt[i, f + 7] = x4, x5, x6, x7
+
+    @_raw
     def _lanes_group(theta, k, K, want_mu, want_cov, v, u, z, mu_out, cov_out, ok, b0, b1, ws):
-        """Rows ``b0 .. b1-1`` (at most ``_LANES``) of the sweep, side by side."""
-        P, Q, Wt, A, G, R, H, need, kl, ml, zinv, gbar, d, dg, idx, x, p, q = ws
+        """Rows ``b0 .. b1-1`` (at most 8) of the sweep, side by side.
+
+        Tables are ``[item, j * 8 + lane]``: a table row is one flat vector, so each recursion step is one
+        long vectorisable loop over ``f = j * 8 + lane`` (``f - 8`` is count ``j - 1`` of the same lane), with
+        the per-lane coefficients tiled to the same layout (``_tile``). Dot products over ``j`` keep one
+        accumulator per lane in locals.
+        """
+        P, Q, Wt, ONE, Pt, Qt, Ht, A, G, R, H, need, kl, ml, zinv, gbar, dd, ddg, idx, x, p, q = ws
         n = theta.shape[1]
         S = u.shape[0]
         with_g = want_cov
+        F = (K + 2) * 8
         _lanes_setup(theta, k, v, b0, b1, with_g, P, Q, Wt, kl, ml, idx, x, p, q)
+        _tile(P, ONE, Pt, n, K)
+        _tile(Q, ONE, Qt, n, K)
+        if with_g:
+            _tile(P, Wt, Ht, n, K)  # the source term's coefficient p_i w_i
         # forward tables
-        for w in range(_LANES):
-            A[0, 0, w] = 1.0
-            A[0, 1, w] = 0.0
-            G[0, 0, w] = 0.0
-            G[0, 1, w] = 0.0
+        for f in range(F):
+            A[0, f] = 0.0
+            G[0, f] = 0.0
+        for w in range(8):
+            A[0, w] = 1.0
         for i in range(1, n + 1):
-            hi = min(i, K)
-            for w in range(_LANES):
-                A[i, 0, w] = _flush(Q[i - 1, w] * A[i - 1, 0, w])
-            for j in range(1, hi + 1):
-                for w in range(_LANES):
-                    A[i, j, w] = _flush(Q[i - 1, w] * A[i - 1, j, w] + P[i - 1, w] * A[i - 1, j - 1, w])
-            for w in range(_LANES):
-                A[i, hi + 1, w] = 0.0
+            it = i - 1
+            hw = (min(i, K) + 1) * 8
+            for f in range(_U(0), _U(8)):
+                A[i, f] = _flush(Qt[it, f] * A[it, f])
+            for f in range(_U(8), _U(hw)):
+                A[i, f] = _flush(Qt[it, f] * A[it, f] + Pt[it, f] * A[it, f - _U8])
+            for f in range(_U(hw), _U(hw + 8)):
+                A[i, f] = 0.0
             if with_g:
-                for w in range(_LANES):
-                    G[i, 0, w] = _flush_signed(Q[i - 1, w] * G[i - 1, 0, w])
-                for j in range(1, hi + 1):
-                    for w in range(_LANES):
-                        pw = P[i - 1, w]
-                        G[i, j, w] = _flush_signed(
-                            Q[i - 1, w] * G[i - 1, j, w]
-                            + pw * G[i - 1, j - 1, w]
-                            + pw * Wt[i - 1, w] * A[i - 1, j - 1, w]
-                        )
-                for w in range(_LANES):
-                    G[i, hi + 1, w] = 0.0
-        for w in range(_LANES):
-            zk = A[n, kl[w], w]
+                for f in range(_U(0), _U(8)):
+                    G[i, f] = _flush_signed(Qt[it, f] * G[it, f])
+                for f in range(_U(8), _U(hw)):
+                    G[i, f] = _flush_signed(
+                        Qt[it, f] * G[it, f] + Pt[it, f] * G[it, f - _U8] + Ht[it, f] * A[it, f - _U8]
+                    )
+                for f in range(_U(hw), _U(hw + 8)):
+                    G[i, f] = 0.0
+        for w in range(8):
+            zk = A[n, kl[w] * 8 + w]
             zinv[w] = 1.0 / zk if (zk > 0.0 and zk < np.inf) else 0.0
-            gbar[w] = G[n, kl[w], w] * zinv[w] if with_g else 0.0
+            gbar[w] = G[n, kl[w] * 8 + w] * zinv[w] if with_g else 0.0
             if b0 + w < b1 and zinv[w] == 0.0:
                 ok[b0 + w] = False
-        # backward vectors R (and H), ping-pong rows ra / 1 - ra; R_{n+1}[u] = [u == k]
+        # backward vectors R (and H), ping-pong rows ra / 1 - ra; R_{n+1}[u] = [u == k]; column K+1 stays 0
         for r in range(2):
-            for t in range(K + 2):
-                for w in range(_LANES):
-                    R[r, t, w] = 0.0
-                    H[r, t, w] = 0.0
-        for w in range(_LANES):
-            R[0, kl[w], w] = 1.0
+            for f in range(F):
+                R[r, f] = 0.0
+                H[r, f] = 0.0
+        for w in range(8):
+            R[0, kl[w] * 8 + w] = 1.0
             for si in range(S):
                 need[si, w] = kl[w]
         ra = 0
         for i in range(n, 0, -1):
-            it = i - 1  # the item
+            it = i - 1  # the item; its A_{i-1} is table row it
             # --- samples (per lane; j items still needed from items 1..i)
-            for w in range(_LANES):
-                pw = P[it, w]
-                if S == 0 or pw == 0.0:
-                    continue
-                for si in range(S):
-                    j = need[si, w]
-                    if j == 0:
+            if S > 0:
+                for w in range(8):
+                    pw = P[it, w]
+                    if pw == 0.0:
                         continue
-                    t1 = pw * A[it, j - 1, w]
-                    tot = t1 + Q[it, w] * A[it, j, w]
-                    if tot > 0.0:
-                        take = u[si, b0 + w, it] * tot < t1
-                    else:
-                        take = True
-                    if take:
-                        z[si, b0 + w, it] = 1
-                        need[si, w] = j - 1
-            # --- marginals (and E[z_i z.w]) of item i
-            if want_mu or with_g:
-                for w in range(_LANES):
-                    d[w] = 0.0
-                    dg[w] = 0.0
-                jh = min(i - 1, K - 1)
-                for j in range(0, jh + 1):
-                    for w in range(_LANES):
-                        d[w] += A[it, j, w] * R[ra, j + 1, w]
-                if with_g:
-                    for j in range(0, jh + 1):
-                        for w in range(_LANES):
-                            dg[w] += G[it, j, w] * R[ra, j + 1, w] + A[it, j, w] * H[ra, j + 1, w]
-                for w in range(_LANES):
-                    if b0 + w < b1 and kl[w] > 0:
-                        f = P[it, w] * zinv[w]
-                        mui = min(d[w] * f, 1.0)
-                        if want_mu:
-                            mu_out[b0 + w, it] = mui
-                        if with_g:
-                            cov_out[b0 + w, it] = (dg[w] + Wt[it, w] * d[w]) * f - mui * gbar[w]
-                # --- R_i (and H_i) from R_{i+1}
-                rb = 1 - ra
-                for t in range(K + 1):
-                    for w in range(_LANES):
-                        R[rb, t, w] = _flush(Q[it, w] * R[ra, t, w] + P[it, w] * R[ra, t + 1, w])
-                if with_g:
-                    for t in range(K + 1):
-                        for w in range(_LANES):
-                            pw = P[it, w]
-                            H[rb, t, w] = _flush_signed(
-                                Q[it, w] * H[ra, t, w]
-                                + pw * H[ra, t + 1, w]
-                                + pw * Wt[it, w] * R[ra, t + 1, w]
-                            )
-                ra = rb
+                    for si in range(S):
+                        j = need[si, w]
+                        if j == 0:
+                            continue
+                        t1 = pw * A[it, (j - 1) * 8 + w]
+                        tot = t1 + Q[it, w] * A[it, j * 8 + w]
+                        if tot > 0.0:
+                            take = u[si, b0 + w, it] * tot < t1
+                        else:
+                            take = True
+                        if take:
+                            z[si, b0 + w, it] = 1
+                            need[si, w] = j - 1
+            if not (want_mu or with_g):
+                continue
+            # --- marginals (and E[z_i z.w]) of item i: sum_j A_{i-1}[j] R_{i+1}[j+1], per lane
+            jh = min(i - 1, K - 1)
+            d0 = d1 = d2 = d3 = d4 = d5 = d6 = d7 = 0.0
+            for j in range(jh + 1):
+                f = j * 8
+                g = f + 8
+                d0 += A[it, f] * R[ra, g]
+                d1 += A[it, f + 1] * R[ra, g + 1]
+                d2 += A[it, f + 2] * R[ra, g + 2]
+                d3 += A[it, f + 3] * R[ra, g + 3]
+                d4 += A[it, f + 4] * R[ra, g + 4]
+                d5 += A[it, f + 5] * R[ra, g + 5]
+                d6 += A[it, f + 6] * R[ra, g + 6]
+                d7 += A[it, f + 7] * R[ra, g + 7]
+            dd[0], dd[1], dd[2], dd[3], dd[4], dd[5], dd[6], dd[7] = d0, d1, d2, d3, d4, d5, d6, d7
+            if with_g:
+                d0 = d1 = d2 = d3 = d4 = d5 = d6 = d7 = 0.0
+                for j in range(jh + 1):
+                    f = j * 8
+                    g = f + 8
+                    d0 += G[it, f] * R[ra, g] + A[it, f] * H[ra, g]
+                    d1 += G[it, f + 1] * R[ra, g + 1] + A[it, f + 1] * H[ra, g + 1]
+                    d2 += G[it, f + 2] * R[ra, g + 2] + A[it, f + 2] * H[ra, g + 2]
+                    d3 += G[it, f + 3] * R[ra, g + 3] + A[it, f + 3] * H[ra, g + 3]
+                    d4 += G[it, f + 4] * R[ra, g + 4] + A[it, f + 4] * H[ra, g + 4]
+                    d5 += G[it, f + 5] * R[ra, g + 5] + A[it, f + 5] * H[ra, g + 5]
+                    d6 += G[it, f + 6] * R[ra, g + 6] + A[it, f + 6] * H[ra, g + 6]
+                    d7 += G[it, f + 7] * R[ra, g + 7] + A[it, f + 7] * H[ra, g + 7]
+                ddg[0], ddg[1], ddg[2], ddg[3], ddg[4], ddg[5], ddg[6], ddg[7] = (
+                    d0,
+                    d1,
+                    d2,
+                    d3,
+                    d4,
+                    d5,
+                    d6,
+                    d7,
+                )
+            for w in range(8):
+                if b0 + w < b1 and kl[w] > 0:
+                    fw = P[it, w] * zinv[w]
+                    mui = min(dd[w] * fw, 1.0)
+                    if want_mu:
+                        mu_out[b0 + w, it] = mui
+                    if with_g:
+                        cov_out[b0 + w, it] = (ddg[w] + Wt[it, w] * dd[w]) * fw - mui * gbar[w]
+            # --- R_i (and H_i) from R_{i+1}, counts u <= K
+            rb = 1 - ra
+            for f in range(_U(0), _U((K + 1) * 8)):
+                R[rb, f] = _flush(Qt[it, f] * R[ra, f] + Pt[it, f] * R[ra, f + _U8])
+            if with_g:
+                for f in range(_U(0), _U((K + 1) * 8)):
+                    H[rb, f] = _flush_signed(
+                        Qt[it, f] * H[ra, f] + Pt[it, f] * H[ra, f + _U8] + Ht[it, f] * R[ra, f + _U8]
+                    )
+            ra = rb
         # trivial rows: k = m selects every free item
-        for w in range(_LANES):
+        for w in range(8):
             b = b0 + w
             if b < b1 and k[b] > 0 and k[b] == ml[w]:
                 for i in range(n):
@@ -690,30 +736,34 @@ if numba is not None:
     def _lanes_rows(theta, k, K, want_mu, want_cov, v, u, z, mu_out, cov_out, ok, b0, b1):
         n = theta.shape[1]
         S = u.shape[0]
-        g = n + 1 if want_cov else 1
+        F = (K + 2) * 8
         ws = (
-            np.empty((n, _LANES)),  # P
-            np.empty((n, _LANES)),  # Q
-            np.empty((n, _LANES)),  # Wt
-            np.empty((n + 1, K + 2, _LANES)),  # A
-            np.empty((g, K + 2, _LANES)),  # G
-            np.empty((2, K + 2, _LANES)),  # R
-            np.empty((2, K + 2, _LANES)),  # H
-            np.empty((S, _LANES), np.int64),  # need
-            np.empty(_LANES, np.int64),  # kl
-            np.empty(_LANES, np.int64),  # ml
-            np.empty(_LANES),  # zinv
-            np.empty(_LANES),  # gbar
-            np.empty(_LANES),  # d
-            np.empty(_LANES),  # dg
+            np.empty((n, 8)),  # P
+            np.empty((n, 8)),  # Q
+            np.empty((n, 8)),  # Wt (centred v)
+            np.ones((n, 8)),  # ONE
+            np.empty((n, F)),  # Pt
+            np.empty((n, F)),  # Qt
+            np.empty((n if want_cov else 1, F)),  # Ht (p w, tiled)
+            np.empty((n + 1, F)),  # A
+            np.empty((n + 1 if want_cov else 1, F)),  # G
+            np.empty((2, F)),  # R
+            np.empty((2, F)),  # H
+            np.empty((S, 8), np.int64),  # need
+            np.empty(8, np.int64),  # kl
+            np.empty(8, np.int64),  # ml
+            np.empty(8),  # zinv
+            np.empty(8),  # gbar
+            np.empty(8),  # dd
+            np.empty(8),  # ddg
             np.empty(n, np.int64),  # idx
             np.empty(n),  # x
             np.empty(n),  # p
             np.empty(n),  # q
         )
-        for g0 in range(b0, b1, _LANES):
+        for g0 in range(b0, b1, 8):
             _lanes_group(
-                theta, k, K, want_mu, want_cov, v, u, z, mu_out, cov_out, ok, g0, min(g0 + _LANES, b1), ws
+                theta, k, K, want_mu, want_cov, v, u, z, mu_out, cov_out, ok, g0, min(g0 + 8, b1), ws
             )
 
     @_jit
