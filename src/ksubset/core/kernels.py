@@ -95,6 +95,9 @@ LANES_TABLE_LIMIT = 1 << 20
 #: Below this much work (``B n (K + 1)``) the kernels run on one thread (thread start-up costs more).
 PARALLEL_MIN_WORK = 1 << 17
 
+#: Row chunks per thread (claimed dynamically; see ``_run_rows``).
+CHUNKS_PER_THREAD = 4
+
 
 def available() -> bool:
     """Whether numba is importable (the engine works only then)."""
@@ -850,7 +853,7 @@ def _run_rows(fn, B: int, n: int, K: int, *args, align: int = 1) -> None:
         if _pool is None or _pool._max_workers < T - 1:
             _pool = ThreadPoolExecutor(max_workers=T - 1, thread_name_prefix="ksubset-kernels")
         pool = _pool
-    C = max(1, min(-(-B // align), 4 * T))
+    C = max(1, min(-(-B // align), CHUNKS_PER_THREAD * T))
     bounds = [min(B, (B * c // C + align - 1) // align * align) for c in range(C + 1)]
     claim = itertools.count()  # next() is atomic under the GIL
 
