@@ -148,6 +148,15 @@ def prepare(logits: Tensor, k: int | Tensor, mask: Tensor | None = None, *, name
     kf = kt.reshape(-1)
     B = x.shape[0]
 
+    # Fast path for the common call (no mask, an int k <= n, every logit finite): one reduction and one
+    # host sync instead of a dozen tensor ops. check_k has already rejected k < 0.
+    if mask is None and isinstance(k, int) and B > 0 and k <= n:
+        with torch.no_grad():
+            all_finite = bool(torch.isfinite(x).all())
+        if all_finite:
+            free = torch.ones((B, n), dtype=torch.bool, device=device)
+            return Problem(x, kf, free, ~free, free, k, batch_shape, logits.dtype)
+
     with torch.no_grad():
         avail = x != float("-inf")
         if mask is not None:
