@@ -74,6 +74,7 @@ __all__ = [
     "log_partition",
     "marginals",
     "cov_vec",
+    "entropy",
     "sample",
     "sample_and_marginals",
 ]
@@ -946,6 +947,18 @@ def cov_vec(theta: Tensor, k: Tensor, K: int, v: Tensor) -> Tensor:
     """``Cov(z) v`` per row, ``[B, n]`` (entries of ``v`` on non-free items are ignored)."""
     _, _, cov = _sweep(theta, k, K, False, v, None)
     return cov.to(theta.dtype)
+
+
+def entropy(theta: Tensor, k: Tensor, K: int) -> Tensor:
+    """Entropy per row ``[B]`` as ``log Z - theta · mu``, evaluated in float64.
+
+    The kernels work in float64 inside anyway; keeping both terms in float64 until the subtraction bounds
+    the cancellation at ``|theta| * 1e-16`` (the float32 outputs would lose ``|theta| * 6e-8``).
+    """
+    t64 = theta.detach().to(torch.float64)
+    mu = marginals(t64, k, K)
+    h = log_partition(t64, k, K) - (torch.where(torch.isfinite(t64), t64, 0.0) * mu).sum(-1)
+    return h.to(theta.dtype)
 
 
 def sample(theta: Tensor, k: Tensor, K: int, num_samples: int, generator=None) -> Tensor:
