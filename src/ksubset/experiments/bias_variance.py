@@ -171,41 +171,36 @@ def _estimate_metrics(est, theta, k, b, exact, num_estimates, seed, loss=quadrat
 # the study
 
 
-def _paper_study(ctx: RunContext, cfg) -> dict[str, Any]:
-    ests = e1_estimators()
-    per_est: dict[str, list[dict[str, float]]] = {name: [] for name in ests}
+def _seeded_study(ctx: RunContext, cfg, study: str, ests: dict[str, Any], k: int, loss=quadratic_loss):
+    """Metrics per estimator and paper seed (n = 10), one cached unit each: ``{name: [row per seed]}``.
+
+    The exact gradient is always that of the quadratic loss; ``loss`` is the form the estimators see.
+    """
+    rows: dict[str, list[dict[str, float]]] = {name: [] for name in ests}
     jobs = [(seed, name) for seed in cfg["seeds"] for name in ests]
-    for seed, name in ctx_progress(ctx, jobs, "E1 n=10 k=5"):
+    for seed, name in ctx_progress(ctx, jobs, f"{study} n=10 k={k}"):
         theta, b = problem(seed)
-        unit_cfg = {"study": "e1", "seed": seed, "estimator": name, "N": cfg["num_estimates"]}
 
         def compute(theta=theta, b=b, name=name, seed=seed):
-            exact = estimators.exact_gradient(theta, 5, quadratic_loss(b))
-            return _estimate_metrics(ests[name], theta, 5, b, exact, cfg["num_estimates"], seed)
+            exact = estimators.exact_gradient(theta, k, quadratic_loss(b))
+            return _estimate_metrics(ests[name], theta, k, b, exact, cfg["num_estimates"], seed, loss)
 
-        per_est[name].append(ctx.unit(f"e1-{seed}-{name}", unit_cfg, compute))
-    return {name: _summarise(rows) for name, rows in per_est.items()}
+        unit_cfg = {"study": study, "seed": seed, "estimator": name, "N": cfg["num_estimates"]}
+        rows[name].append(ctx.unit(f"{study}-{seed}-{name}", unit_cfg, compute))
+    return rows
+
+
+def _paper_study(ctx: RunContext, cfg) -> dict[str, Any]:
+    rows = _seeded_study(ctx, cfg, "e1", e1_estimators(), 5)
+    return {name: _summarise(r) for name, r in rows.items()}
 
 
 def _k1_study(ctx: RunContext, cfg) -> dict[str, Any]:
-    ests = {
-        "ST Gumbel-softmax": _pathwise("st_gumbel_softmax", tau=1.0),
-        "SIMPLE": _pathwise("simple"),
-    }
+    ests = {"ST Gumbel-softmax": _pathwise("st_gumbel_softmax", tau=1.0), "SIMPLE": _pathwise("simple")}
     out = {}
-    for name, est in ests.items():
-        rows = []
-        for seed in cfg["seeds"]:
-            theta, b = problem(seed)
-
-            def compute(theta=theta, b=b, est=est, seed=seed):
-                exact = estimators.exact_gradient(theta, 1, quadratic_loss(b))
-                return _estimate_metrics(est, theta, 1, b, exact, cfg["num_estimates"], seed)
-
-            unit_cfg = {"study": "k1", "seed": seed, "estimator": name, "N": cfg["num_estimates"]}
-            rows.append(ctx.unit(f"k1-{seed}-{name}", unit_cfg, compute))
-        out[name] = _summarise(rows)
-        out[name]["seed_1234"] = rows[cfg["seeds"].index(1234)] if 1234 in cfg["seeds"] else None
+    for name, r in _seeded_study(ctx, cfg, "k1", ests, 1).items():
+        out[name] = _summarise(r)
+        out[name]["seed_1234"] = r[cfg["seeds"].index(1234)] if 1234 in cfg["seeds"] else None
     return out
 
 
@@ -216,20 +211,8 @@ def _loss_form_study(ctx: RunContext, cfg) -> dict[str, Any]:
     ``1 - 2b`` for the multilinear one. SIMPLE is exactly unbiased for the latter.
     """
     ests = {"SIMPLE": _pathwise("simple"), "STE": _pathwise("ste")}
-    out = {}
-    for name, est in ests.items():
-        rows = []
-        for seed in cfg["seeds"]:
-            theta, b = problem(seed)
-
-            def compute(theta=theta, b=b, est=est, seed=seed):
-                exact = estimators.exact_gradient(theta, 5, quadratic_loss(b))
-                return _estimate_metrics(est, theta, 5, b, exact, cfg["num_estimates"], seed, multilinear_loss)
-
-            unit_cfg = {"study": "multilinear", "seed": seed, "estimator": name, "N": cfg["num_estimates"]}
-            rows.append(ctx.unit(f"multilinear-{seed}-{name}", unit_cfg, compute))
-        out[name] = _summarise(rows)
-    return out
+    rows = _seeded_study(ctx, cfg, "multilinear", ests, 5, multilinear_loss)
+    return {name: _summarise(r) for name, r in rows.items()}
 
 
 def sweep_estimators(budget: int) -> dict[str, Any]:
