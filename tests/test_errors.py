@@ -51,6 +51,8 @@ def test_bad_inputs(name):
         f(torch.arange(5), 2)
     with pytest.raises(ValueError, match="at least one dimension"):
         f(torch.tensor(1.0), 0)
+    with pytest.raises(ValueError, match="no items: its last dimension is 0"):
+        f(torch.zeros(3, 0), 0)
     with pytest.raises(ValueError, match="mask of shape"):
         f(t, 2, torch.ones(4, dtype=torch.bool))
     with pytest.raises(TypeError, match="mask must have dtype torch.bool"):

@@ -83,6 +83,8 @@ def check_logits(logits: object, name: str = "logits") -> Tensor:
         )
     if logits.dim() == 0:
         raise ValueError(f"{name} must have at least one dimension (the items), got a 0-dimensional tensor")
+    if logits.shape[-1] == 0:
+        raise ValueError(f"{name} has no items: its last dimension is 0 (shape {tuple(logits.shape)})")
     return logits
 
 
