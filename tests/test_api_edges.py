@@ -70,6 +70,7 @@ def test_support_is_exactly_the_enumerated_k_subsets_with_masks_and_forced_items
     assert constraints.is_dependent(KSubset.support)  # depends on k, the mask and the logits
     cands = _all_binary(6)
     got = d.support.check(cands.unsqueeze(1))  # [64, 2]
+    assert torch.equal(d.support.check(cands.bool().unsqueeze(1)), got)  # bool vectors too
     for row in range(2):
         e = enumerate_row(logits[row].numpy(), int(k[row]), mask[row].numpy())
         want = {tuple(s) for s in e.subsets.tolist()}

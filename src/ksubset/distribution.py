@@ -37,10 +37,11 @@ class KHot(constraints.Constraint):
         super().__init__()
 
     def check(self, value: Tensor) -> Tensor:
-        binary = ((value == 0) | (value == 1)).all(-1)
-        off = torch.where(self.available, torch.zeros_like(value), value)  # ones outside the available items
-        missed = torch.where(self.forced, 1 - value, torch.zeros_like(value))  # forced items left out
-        return binary & (off == 0).all(-1) & (missed == 0).all(-1) & (value.sum(-1) == self.k)
+        one = value == 1
+        binary = (one | (value == 0)).all(-1)
+        outside = (one & ~self.available).any(-1)  # a one on an item that cannot be selected
+        missed = (self.forced & ~one).any(-1)  # a forced item left out
+        return binary & ~outside & ~missed & (one.sum(-1) == self.k)
 
     def __repr__(self) -> str:
         ks = self.k.unique()
