@@ -155,3 +155,9 @@ def test_written_files_honour_the_umask(tmp_path, umask):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "x.txt").stat().st_mode) == 0o666 & ~umask  # before: always 0o600
+
+
+def test_bench_threads_must_be_positive(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", "--threads", "0"])
+    assert exc.value.code == 2 and "argument --threads" in capsys.readouterr().err
