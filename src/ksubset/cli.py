@@ -44,9 +44,6 @@ def _reproduce(argv: list[str]) -> int:
             return 0
         experiments.run(args.name, args.out, mode=args.mode or "quick", seed=args.seed, options=options,
                         show_progress=not args.no_progress, fresh=args.fresh)
-    except KeyboardInterrupt:
-        print(f"\nksubset reproduce: interrupted; {_RESUME_HINT}", file=sys.stderr)
-        return 130
     except OSError as exc:  # --out is a file, a read-only folder, a full disk, ...
         print(f"ksubset reproduce: error: {_describe(exc)} (output folder: {args.out})", file=sys.stderr)
         return 1
@@ -75,19 +72,21 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
         return 0
     command, rest = argv[0], argv[1:]
-    if command == "reproduce":
-        return _reproduce(rest)
-    if command == "bench":
-        from . import bench
+    try:  # Ctrl-C anywhere in a command (imports included): one line, exit 130
+        if command == "reproduce":
+            return _reproduce(rest)
+        if command == "bench":
+            from . import bench
 
-        try:
-            return int(bench.main(rest) or 0)
-        except KeyboardInterrupt:
-            print("\nksubset bench: interrupted", file=sys.stderr)
-            return 130
-        except OSError as exc:
-            print(f"ksubset bench: error: {_describe(exc)}", file=sys.stderr)
-            return 1
+            try:
+                return int(bench.main(rest) or 0)
+            except OSError as exc:
+                print(f"ksubset bench: error: {_describe(exc)}", file=sys.stderr)
+                return 1
+    except KeyboardInterrupt:
+        hint = f"; {_RESUME_HINT}" if command == "reproduce" else ""
+        print(f"\nksubset {command}: interrupted{hint}", file=sys.stderr)
+        return 130
     parser.parse_args(argv)  # reports the unknown command
     return 2
 
