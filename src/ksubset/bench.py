@@ -716,8 +716,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-memory", action="store_true", help="skip the per-case peak-memory subprocesses")
     parser.add_argument("--no-large", action="store_true", help="skip n=1e6 (k=1000) and n=1e5 (k=1e4)")
     parser.add_argument("--no-growth", action="store_true", help="skip the growth study and its plot")
+    from .experiments.common import int_arg
+
     parser.add_argument(
-        "--threads", type=int, default=None, help="torch.set_num_threads(N) first (default: torch's default)"
+        "--threads", type=int_arg(1), default=None, help="torch.set_num_threads(N) first (default: torch's default)"
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

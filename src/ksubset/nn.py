@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from . import core
 from . import estimators as _estimators
+from .core._problem import check_generator
 
 __all__ = ["KSubsetLayer"]
 
@@ -75,6 +76,7 @@ class KSubsetLayer(nn.Module):
     ) -> Tensor:
         """``[..., n]``: the estimator's output in training mode, ``eval_mode``'s in evaluation mode."""
         kk = self.k if k is None else k
+        check_generator(generator)
         if self.training:
             return self.estimator(logits, kk, mask, generator=generator)
         if self.eval_mode == "mode":

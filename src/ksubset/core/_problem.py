@@ -14,12 +14,13 @@ finite logits, every other item has logit ``-inf``, and ``0 <= k_free <= #free``
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-__all__ = ["Problem", "prepare", "compute_dtype"]
+__all__ = ["Problem", "prepare", "compute_dtype", "check_generator"]
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -113,6 +114,8 @@ def check_k(k: object, batch_shape: torch.Size, device: torch.device) -> Tensor:
     if isinstance(k, int):
         if k < 0:
             raise ValueError(f"k must be >= 0, got {k}")
+        if k > torch.iinfo(torch.int64).max:
+            raise ValueError(f"k={k} is too large: more than any number of items (k must fit in int64)")
         return torch.full(batch_shape, k, dtype=torch.int64, device=device)
     if isinstance(k, Tensor):
         if k.dtype == torch.bool or k.is_floating_point() or k.is_complex():
@@ -125,15 +128,18 @@ def check_k(k: object, batch_shape: torch.Size, device: torch.device) -> Tensor:
                 "(the logits' shape without the last dimension)"
             ) from None
         return kb
-    # numpy integers and the like
-    try:
-        import numbers
-
-        if isinstance(k, numbers.Integral):
-            return check_k(int(k), batch_shape, device)
-    except Exception:  # pragma: no cover - defensive
-        pass
+    if isinstance(k, numbers.Integral):  # numpy integers and the like (their own errors must pass through)
+        return check_k(int(k), batch_shape, device)
     raise TypeError(f"k must be an int or an integer tensor, got {type(k).__name__}")
+
+
+def check_generator(generator: object) -> None:
+    """``generator`` must be None or a ``torch.Generator`` (a NumPy generator is a common mistake)."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"generator must be a torch.Generator or None, got {type(generator).__module__}."
+            f"{type(generator).__name__} (e.g. torch.Generator().manual_seed(0))"
+        )
 
 
 def prepare(logits: Tensor, k: int | Tensor, mask: Tensor | None = None, *, name: str = "logits") -> Problem:

@@ -36,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..core._problem import check_generator
 from .exact import MAX_ENUMERATION_N, exact_expectation, exact_gradient
 from .gumbel import _check_gumbel, gumbel_softmax, st_gumbel_softmax
 from .imle import AIMLEState, _check_aimle, _check_imle, aimle, imle
@@ -162,6 +163,7 @@ class Estimator:
                 f"estimator {self.name!r} takes (logits, k{'' if self.pathwise else ', f'}, mask=None, *, "
                 f"generator=None); hyper-parameters are bound by get(), got {sorted(kwargs)}"
             )
+        check_generator(generator)
         extra = {"state": self.state} if self.state is not None else {}
         return self._fn(*args, generator=generator, **kwargs, **self.hyperparameters, **extra)
 

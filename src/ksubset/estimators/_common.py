@@ -17,7 +17,7 @@ from torch.autograd.function import once_differentiable
 
 from .. import core
 
-__all__ = ["Canonical", "canonical", "custom_backward", "check"]
+__all__ = ["Canonical", "canonical", "custom_backward", "check", "perturb", "poison_rows"]
 
 
 @dataclass
@@ -63,9 +63,9 @@ class _CustomBackward(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, g: Tensor):
+        # The closure stays on ctx (freed with the graph node): a second backward(retain_graph=True) needs it.
         grad = ctx.backward_fn(g)
         shape, dtype = ctx.logits_meta
-        ctx.backward_fn = None  # free the closure (and the tensors it holds)
         return grad.reshape(shape).to(dtype), None, None
 
 
@@ -73,9 +73,34 @@ def custom_backward(logits: Tensor, value: Tensor, backward_fn: Callable[[Tensor
     """``value`` forward; the gradient with respect to ``logits`` is ``backward_fn(dL/dvalue)``.
 
     ``backward_fn`` receives the incoming gradient (shape of ``value``) and must return a tensor of the
-    logits' shape. Not twice differentiable.
+    logits' shape. It may be called more than once (``backward(retain_graph=True)`` twice); the tensors it
+    holds live as long as the output does. Not twice differentiable.
     """
     return _CustomBackward.apply(logits, value.detach(), backward_fn)
+
+
+def perturb(theta: Tensor, step: Tensor) -> tuple[Tensor, Tensor]:
+    """``theta + step`` on the finite items, and the rows ``[...]`` where that is not a usable problem.
+
+    ``theta [..., n]`` and ``step`` (broadcastable) in the compute dtype. A row is *overflowed* when the incoming
+    gradient behind ``step`` was not finite anywhere in the row (a loss scaler's inf/NaN) or a finite logit
+    became ``±inf``/NaN: those rows get ``theta`` itself (a valid problem, so no input validation fires) and the
+    caller marks their gradient non-finite with :func:`poison_rows`. Items with ``±inf`` logits (masked/forced)
+    are not moved.
+    """
+    finite = torch.isfinite(theta)
+    moved = torch.where(finite, theta + step, theta)
+    bad = (~torch.isfinite(step) | (finite & ~torch.isfinite(moved))).any(-1)
+    return torch.where(bad.unsqueeze(-1), theta, moved), bad
+
+
+def poison_rows(grad: Tensor, bad: Tensor) -> Tensor:
+    """``grad [..., n]`` with the rows where ``bad [...]`` is True set to NaN.
+
+    Under mixed precision a ``torch.amp.GradScaler`` finds the NaN and skips the step (instead of the estimator
+    raising on an overflowed perturbation).
+    """
+    return torch.where(bad.unsqueeze(-1), torch.full((), float("nan"), dtype=grad.dtype, device=grad.device), grad)
 
 
 # --------------------------------------------------------------------------------------------------

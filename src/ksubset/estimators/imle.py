@@ -20,9 +20,13 @@ batch instead (``est(logits.expand(S, *logits.shape), k)``).
 * the perturbation is relative: per row, ``lam_r = beta · ||theta_r|| / ||g_r||`` (norms over the row's
   free items; ``||theta_r||`` taken as 1 when it is 0, so all-zero logits still get a gradient — the
   reference code uses one norm over the whole batch and would give a zero gradient there);
-* ``beta`` adapts across calls so that the gradient has a target density: after each backward pass,
-  ``nnz`` = mean number of non-zero entries per (row, noise sample); ``ema ← decay·ema + (1-decay)·nnz``;
-  ``beta ← max(0, beta + u)`` with ``u = momentum·u_prev + (step if ema < target else -step)``.
+* ``beta`` adapts across calls so that the gradient has a target density: once per forward call, at the
+  first backward pass through its output, ``nnz`` = mean number of non-zero entries per (row, noise sample);
+  ``ema ← decay·ema + (1-decay)·nnz``; ``beta ← max(0, beta + u)`` with
+  ``u = momentum·u_prev + (step if ema < target else -step)``. Each forward uses the ``beta`` of the moment it
+  was called, so a second ``backward(retain_graph=True)`` through the same output gives the same gradient and
+  does not adapt ``beta`` again; a backward pass whose incoming gradient is not finite (a ``GradScaler``
+  overflow, whose step is skipped) does not adapt it either.
   The adaptive state lives in an :class:`AIMLEState`; pass one (or use ``estimators.get("aimle")`` /
   ``KSubsetLayer``, which keep one) for beta to adapt across calls — without it every call starts afresh
   from ``beta = lam``.
@@ -40,7 +44,7 @@ import torch
 from torch import Tensor
 
 from .. import core
-from ._common import Canonical, canonical, check, custom_backward
+from ._common import Canonical, canonical, check, custom_backward, perturb, poison_rows
 from .noise import gumbel_noise, sum_of_gamma_noise
 
 __all__ = ["imle", "aimle", "AIMLEState"]
@@ -101,17 +105,17 @@ def imle(
     """
     _check_imle(lam=lam, noise=noise, kappa=kappa, s=s, tau=tau, num_samples=num_samples, scale=scale)
     C = canonical(logits, k, mask)
-    theta = logits.detach()
+    theta = logits.detach().to(C.theta.dtype)  # compute dtype: float32 for half logits
     eps = _draw_noise(C, num_samples, noise=noise, kappa=kappa, s=s, tau=tau, generator=generator)
-    eps = eps.to(theta.dtype)
     z_all = _map(theta + eps, k, mask)
 
     def backward(g: Tensor) -> Tensor:
-        z_target = _map(theta - lam * g.to(theta.dtype) + eps, k, mask)
+        target, overflowed = perturb(theta, -lam * g.to(theta.dtype))
+        z_target = _map(target + eps, k, mask)
         grad = (z_all - z_target).mean(0)
-        return grad / lam if scale else grad
+        return poison_rows(grad / lam if scale else grad, overflowed)
 
-    return custom_backward(logits, z_all[0], backward)
+    return custom_backward(logits, z_all[0].to(logits.dtype), backward)
 
 
 @dataclass
@@ -175,37 +179,48 @@ def aimle(
     if state is None:
         state = AIMLEState(beta=float(lam))
     C = canonical(logits, k, mask)
-    theta = logits.detach()
+    theta = logits.detach().to(C.theta.dtype)  # compute dtype: float32 for half logits
     eps = _draw_noise(C, num_samples, noise=noise, kappa=kappa, s=s, tau=tau, generator=generator)
-    eps = eps.to(theta.dtype)
     z_all = _map(theta + eps, k, mask)
+    beta = state.beta  # this forward's beta: every backward pass through it uses the same one
+    adapted = False  # beta adapts once per forward, at its first (finite) backward pass
 
     def backward(g: Tensor) -> Tensor:
+        nonlocal adapted
         dt = C.theta.dtype
         gf = g.reshape(-1, C.n).to(dt)
         zero = torch.zeros((), dtype=dt, device=gf.device)
+        scaler_overflow = ~torch.isfinite(gf).all(-1)  # e.g. a GradScaler's inf: skip the row, poison it
+        gf = torch.where(scaler_overflow.unsqueeze(-1), zero, gf)
         th_norm = torch.linalg.vector_norm(torch.where(C.free, C.theta.detach(), zero), dim=-1)
         g_norm = torch.linalg.vector_norm(torch.where(C.free, gf, zero), dim=-1)
         th_norm = torch.where(th_norm > 0, th_norm, torch.ones_like(th_norm))
-        lam_r = torch.where(g_norm > 0, state.beta * th_norm / g_norm.clamp_min(torch.finfo(dt).tiny), zero)
-        step_r = (lam_r.unsqueeze(-1) * gf).reshape(g.shape).to(theta.dtype)
-        lo = _map(theta - step_r + eps, k, mask)
+        lam_r = torch.where(g_norm > 0, beta * th_norm / g_norm.clamp_min(torch.finfo(dt).tiny), zero)
+        step_r = (lam_r.unsqueeze(-1) * gf).reshape(g.shape)
+        lo, bad_lo = perturb(theta, -step_r)
+        lo = _map(lo + eps, k, mask)
+        overflowed = scaler_overflow.reshape(C.batch_shape) | bad_lo
         if symmetric:
-            hi = _map(theta + step_r + eps, k, mask)
+            hi, bad_hi = perturb(theta, step_r)
+            hi = _map(hi + eps, k, mask)
+            overflowed = overflowed | bad_hi
             per_sample = (hi - lo) / 2
         else:
             per_sample = z_all - lo
         if scale:
             denom = torch.where(lam_r > 0, lam_r, torch.ones_like(lam_r)).reshape(*C.batch_shape, 1)
             per_sample = per_sample / denom.to(per_sample.dtype)
-        # adapt beta from the density of this batch's gradients
-        with torch.no_grad():
-            rows = per_sample.reshape(num_samples, -1, C.n)
-            nnz = float((rows != 0).sum(-1).to(torch.float64).mean()) if rows.shape[1] else 0.0
-        state.nonzero_ema = decay * state.nonzero_ema + (1 - decay) * nnz
-        update = momentum * state.last_update + (step if state.nonzero_ema < target else -step)
-        state.beta = max(0.0, state.beta + update)
-        state.last_update = update
-        return per_sample.mean(0)
+        # adapt beta from the density of this batch's gradients: once per forward, and not from a step that
+        # a loss scaler will skip
+        if not adapted and not bool(overflowed.any()):
+            adapted = True
+            with torch.no_grad():
+                rows = per_sample.reshape(num_samples, -1, C.n)
+                nnz = float((rows != 0).sum(-1).to(torch.float64).mean()) if rows.shape[1] else 0.0
+            state.nonzero_ema = decay * state.nonzero_ema + (1 - decay) * nnz
+            update = momentum * state.last_update + (step if state.nonzero_ema < target else -step)
+            state.beta = max(0.0, state.beta + update)
+            state.last_update = update
+        return poison_rows(per_sample.mean(0), overflowed)
 
-    return custom_backward(logits, z_all[0], backward)
+    return custom_backward(logits, z_all[0].to(logits.dtype), backward)

@@ -49,8 +49,10 @@ def _relax(C: Canonical, keys: Tensor, t: float) -> Tensor:
     zero = torch.zeros((), dtype=dt, device=dev)
     # Rows with no free item (k_free = 0 there) would give softmax(all -inf) = NaN: use zeros instead.
     alpha = torch.where(C.free.any(-1, keepdim=True), keys, zero)
-    out = C.forced.to(dt)
     K = int(C.k_free.max()) if C.k_free.numel() else 0
+    # Keep the output on the autograd graph even with no softmax step (k = 0 everywhere, or an empty batch):
+    # its gradient is then zero (of the logits' shape) instead of an error in backward().
+    out = C.forced.to(dt) + (torch.where(C.free, alpha, zero) * 0 if K == 0 else 0)
     for j in range(K):
         a = torch.softmax(alpha / t, dim=-1)
         out = out + torch.where((j < C.k_free).unsqueeze(-1), a, zero)

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from ..core import sample_and_marginals
+from ..core._problem import check_generator
 
 __all__ = ["simple", "straight_through"]
 
@@ -43,5 +44,6 @@ def simple(
     pass is the vector-Jacobian product of the exact marginals ``mu(theta)`` (no temperature, no noise in
     the backward pass). For ``k = 1`` this is a Gumbel-max forward with the softmax Jacobian backward.
     """
+    check_generator(generator)
     z, mu = sample_and_marginals(logits, k, mask, generator=generator)
     return straight_through(z, mu)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .. import core
-from ._common import canonical, check, custom_backward
+from ._common import canonical, check, custom_backward, perturb, poison_rows
 from .imle import _check_noise, _draw_noise
 
 __all__ = ["simple_f", "simple_b"]
@@ -41,12 +41,13 @@ def simple_f(
     """
     _check_simple_f(lam=lam, scale=scale)
     z = core.sample(logits, k, mask, generator=generator)
-    theta = logits.detach()
+    theta = logits.detach().to(torch.promote_types(logits.dtype, torch.float32))  # half logits: in float32
 
     def backward(g: Tensor) -> Tensor:
-        z2 = core.sample(theta - lam * g.to(theta.dtype), k, mask, generator=generator)
-        grad = z - z2
-        return grad / lam if scale else grad
+        target, overflowed = perturb(theta, -lam * g.to(theta.dtype))
+        z2 = core.sample(target, k, mask, generator=generator)
+        grad = z.to(theta.dtype) - z2
+        return poison_rows(grad / lam if scale else grad, overflowed)
 
     return custom_backward(logits, z, backward)
 
@@ -77,14 +78,15 @@ def simple_b(
     """
     _check_simple_b(lam=lam, scale=scale, noise=noise, kappa=kappa, s=s, tau=tau)
     C = canonical(logits, k, mask)
-    theta = logits.detach()
+    theta = logits.detach().to(C.theta.dtype)  # compute dtype: float32 for half logits
     eps = _draw_noise(C, 1, noise=noise, kappa=kappa, s=s, tau=tau, generator=generator)[0]
-    z = core.mode(theta + eps.to(theta.dtype), k, mask)
+    z = core.mode(theta + eps, k, mask)
 
     def backward(g: Tensor) -> Tensor:
+        target, overflowed = perturb(theta, -lam * g.to(theta.dtype))
         mu = core.marginals(theta, k, mask)
-        mu2 = core.marginals(theta - lam * g.to(theta.dtype), k, mask)
+        mu2 = core.marginals(target, k, mask)
         grad = mu - mu2
-        return grad / lam if scale else grad
+        return poison_rows(grad / lam if scale else grad, overflowed)
 
-    return custom_backward(logits, z, backward)
+    return custom_backward(logits, z.to(logits.dtype), backward)

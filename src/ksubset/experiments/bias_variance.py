@@ -12,6 +12,10 @@ Setting (paper.md E1): ``n = 10, k = 5``; for each of 10 seeds, ``theta = rng.ra
 reported as mean ± std over seeds. An estimate that is exactly zero (I-MLE when both MAP states agree) has no
 direction; its cosine is taken as 0.
 
+Seeds: the problems are the paper's (its seeds fix ``theta`` and ``b``); the estimators' noise for a problem is
+drawn from ``torch.Generator().manual_seed(noise_seed(S, seed))`` with ``S`` the run's ``--seed``: ``S = 0`` gives
+the published numbers, any other ``S`` an independent repetition of the whole study.
+
 Beyond the paper:
 
 * the ``k = 1`` comparison of SIMPLE with straight-through Gumbel-softmax (τ = 1);
@@ -32,7 +36,7 @@ import torch.nn.functional as F
 
 from .. import core, estimators
 from . import Experiment, register
-from .common import RunContext, atomic_write_json, atomic_write_text, markdown_table, mean_std, save_figure
+from .common import RunContext, atomic_write_json, atomic_write_text, int_arg, markdown_table, mean_std, save_figure
 
 SEEDS = [1234, 1067, 9198, 9453, 6240, 7044, 1755, 7898, 3131, 1277]
 LAM = 2.5
@@ -73,6 +77,9 @@ def _pathwise(name: str, *, transform: Callable[[torch.Tensor], torch.Tensor] | 
         (g,) = torch.autograd.grad(loss(z).sum(), t)
         return g
 
+    # everything the estimates depend on, for the cached units' keys (defaults included)
+    grads.config = {"estimator": name, "hyperparameters": dict(est.hyperparameters),
+                    "transform": None if transform is None else transform.__name__}
     return grads
 
 
@@ -84,6 +91,7 @@ def _score_function(num_samples: int = 1, baseline: str = "none"):
         (g,) = torch.autograd.grad(est(t, k, loss, generator=generator).sum(), t)
         return g
 
+    grads.config = {"estimator": "score_function", "hyperparameters": dict(est.hyperparameters)}
     return grads
 
 
@@ -95,6 +103,7 @@ def _averaged(inner, m: int):
         g = inner(theta.repeat(m, 1), k, loss, generator)
         return g.view(m, N, n).mean(0)
 
+    grads.config = {"averaged": m, "inner": inner.config}
     return grads
 
 
@@ -161,6 +170,18 @@ def exact_quadratic_gradient(theta: torch.Tensor, k: int, b: torch.Tensor) -> to
     return g
 
 
+def noise_seed(base_seed: int, seed: int) -> int:
+    """The estimators' generator seed for a problem's ``seed`` under the run's ``--seed`` (``base_seed``).
+
+    ``base_seed = 0`` keeps the problem's own seed (the published numbers); any other base gives every problem a
+    different, still reproducible noise stream: 32 bits hashed from both seeds (torch's CPU generator keeps only
+    the low 32 bits of a seed, so the two cannot simply be packed into one 64-bit number).
+    """
+    if base_seed == 0:
+        return seed
+    return int(np.random.SeedSequence([int(base_seed), int(seed)]).generate_state(1, np.uint32)[0])
+
+
 def _estimate_metrics(est, theta, k, b, exact, num_estimates, seed, loss=quadratic_loss) -> dict[str, float]:
     gen = torch.Generator().manual_seed(seed)
     grads = est(theta.expand(num_estimates, -1), k, loss(b), gen)
@@ -181,11 +202,15 @@ def _seeded_study(ctx: RunContext, cfg, study: str, ests: dict[str, Any], k: int
     for seed, name in ctx_progress(ctx, jobs, f"{study} n=10 k={k}"):
         theta, b = problem(seed)
 
-        def compute(theta=theta, b=b, name=name, seed=seed):
-            exact = estimators.exact_gradient(theta, k, quadratic_loss(b))
-            return _estimate_metrics(ests[name], theta, k, b, exact, cfg["num_estimates"], seed, loss)
+        stream = noise_seed(ctx.seed, seed)
 
-        unit_cfg = {"study": study, "seed": seed, "estimator": name, "N": cfg["num_estimates"]}
+        def compute(theta=theta, b=b, name=name, stream=stream):
+            exact = estimators.exact_gradient(theta, k, quadratic_loss(b))
+            return _estimate_metrics(ests[name], theta, k, b, exact, cfg["num_estimates"], stream, loss)
+
+        unit_cfg = {"study": study, "seed": seed, "noise_seed": stream, "estimator": name,
+                    "estimator_config": ests[name].config, "n": 10, "k": k, "loss": loss.__name__,
+                    "N": cfg["num_estimates"]}
         rows[name].append(ctx.unit(f"{study}-{seed}-{name}", unit_cfg, compute))
     return rows
 
@@ -234,15 +259,18 @@ def _sweep(ctx: RunContext, cfg) -> dict[str, Any]:
         for seed in range(cfg["sweep_seeds"]):
             theta, b = problem(10_000 + seed, n)
 
-            def compute(theta=theta, b=b, n=n, k=k, how=how, name=name, seed=seed):
+            stream = noise_seed(ctx.seed, seed)
+
+            def compute(theta=theta, b=b, n=n, k=k, how=how, name=name, stream=stream):
                 if how == "enumeration":
                     exact = estimators.exact_gradient(theta, k, quadratic_loss(b))
                 else:
                     exact = exact_quadratic_gradient(theta, k, b)
-                return _estimate_metrics(ests[name], theta, k, b, exact, cfg["sweep_estimates"], seed)
+                return _estimate_metrics(ests[name], theta, k, b, exact, cfg["sweep_estimates"], stream)
 
-            unit_cfg = {"study": "sweep", "how": how, "n": n, "k": k, "seed": seed, "estimator": name,
-                        "N": cfg["sweep_estimates"], "budget": budget}
+            unit_cfg = {"study": "sweep", "how": how, "n": n, "k": k, "seed": seed, "noise_seed": stream,
+                        "estimator": name, "estimator_config": ests[name].config, "N": cfg["sweep_estimates"],
+                        "budget": budget}
             rows.append(ctx.unit(f"sweep-{how[0]}-{n}-{k}-{seed}-{name}", unit_cfg, compute))
         results.append({"exact_gradient": how, "n": n, "k": k, "estimator": name, **_summarise(rows)})
     return {"budget": budget, "rows": results}
@@ -390,8 +418,12 @@ def _report(ctx: RunContext, cfg, e1, k1, multilinear, sweep, files) -> str:
 
 def run(ctx: RunContext) -> dict[str, Any]:
     cfg = dict(QUICK if ctx.quick else FULL)
-    if ctx.options.get("num_estimates"):
-        cfg["num_estimates"] = int(ctx.options["num_estimates"])
+    if ctx.options.get("num_estimates") is not None:
+        num = ctx.options["num_estimates"]
+        if isinstance(num, bool) or not isinstance(num, int) or num < 2:
+            raise ValueError(f"num_estimates must be an integer >= 2, got {num!r}")
+        cfg["num_estimates"] = num
+    cfg["noise_seed_base"] = ctx.seed
     torch.manual_seed(ctx.seed)
     e1 = _paper_study(ctx, cfg)
     k1 = _k1_study(ctx, cfg)
@@ -421,8 +453,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
 
 
 def _add_arguments(parser) -> None:
-    parser.add_argument("--num-estimates", type=int, default=None,
-                        help="single-sample estimates per estimator and seed (default: 2000 quick, 10000 full)")
+    parser.add_argument("--num-estimates", type=int_arg(2), default=None,
+                        help="single-sample estimates per estimator and seed, >= 2 (default: 2000 quick, 10000 full)")
 
 
 register(Experiment(

@@ -15,9 +15,11 @@ interruption never leaves a half-written result.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import json
+import math
 import os
 import subprocess
 import tempfile
@@ -38,7 +40,19 @@ __all__ = [
     "progress",
     "markdown_table",
     "mean_std",
+    "int_arg",
+    "float_arg",
 ]
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux allows (``/proc/self/status``)."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        with open("/proc/self/status") as fh:
+            return int(next(line for line in fh if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)  # elsewhere: set and restore at once
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -50,6 +64,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the mode open() would
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -132,6 +147,46 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(cell(x) for x in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------------
+# argparse types for the experiments' numeric options: a bad value is an argparse error (exit 2), not a traceback
+
+
+def int_arg(minimum: int | None = None, maximum: int | None = None, *, even: bool = False) -> Callable[[str], int]:
+    """An argparse ``type`` for integers in ``[minimum, maximum]`` (and even, if asked)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+            lo = "" if minimum is None else f" >= {minimum}"
+            hi = "" if maximum is None else f"{' and' if lo else ''} <= {maximum}"
+            raise argparse.ArgumentTypeError(f"must be an integer{lo}{hi}, got {value}")
+        if even and value % 2:
+            raise argparse.ArgumentTypeError(f"must be an even integer, got {value}")
+        return value
+
+    return parse
+
+
+def float_arg(minimum: float | None = None, *, strict: bool = False) -> Callable[[str], float]:
+    """An argparse ``type`` for finite numbers ``>= minimum`` (``> minimum`` when ``strict``)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+        if minimum is not None and (value <= minimum if strict else value < minimum):
+            raise argparse.ArgumentTypeError(f"must be a number {'>' if strict else '>='} {minimum:g}, got {text}")
+        return value
+
+    return parse
 
 
 def _config_hash(config: Any) -> str:

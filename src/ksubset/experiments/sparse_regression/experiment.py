@@ -69,7 +69,16 @@ import torch
 
 from ... import core, estimators
 from .. import Experiment, register
-from ..common import RunContext, atomic_write_json, atomic_write_text, markdown_table, progress, save_figure
+from ..common import (
+    RunContext,
+    atomic_write_json,
+    atomic_write_text,
+    float_arg,
+    int_arg,
+    markdown_table,
+    progress,
+    save_figure,
+)
 
 K = 3
 TRUE_COEF = -1.0
@@ -500,10 +509,20 @@ def _baseline_unit(ctx: RunContext, store: DataStore, spec: DataSpec, name: str,
     return ctx.unit(f"{spec.key}-baseline-{name}", {**data_cfg, "baseline": name, "alpha": RIDGE_ALPHA}, compute)
 
 
+def _hyperparameters(method: Method) -> dict[str, Any]:
+    """Every hyper-parameter the method runs with, defaults included (a changed default must miss the cache)."""
+    if method.estimator not in estimators.available():
+        return dict(method.hp)
+    hp = {**estimators.hyperparameters(method.estimator), **method.hp}
+    if method.estimator == "score_function":
+        hp.pop("num_samples")  # set from the unit's "batch" (make_estimator)
+    return hp
+
+
 def _learn_unit(ctx, store, spec, method_name, loss, seed, cfg, data_cfg, *, steps, trajectory) -> dict[str, Any]:
     method = METHODS[method_name]
     unit_loss = None if method.estimator == "score_function" else loss  # SFE uses f only
-    unit_cfg = {**data_cfg, "method": method_name, "estimator": method.estimator, "hp": method.hp,
+    unit_cfg = {**data_cfg, "method": method_name, "estimator": method.estimator, "hp": _hyperparameters(method),
                 "loss": unit_loss, "steps": steps, "lr": cfg["lr"], "batch": cfg["batch"], "seed": seed,
                 "init": "ones", "trajectory": trajectory, "objective": OBJECTIVE}
 
@@ -987,33 +1006,46 @@ def run(ctx: RunContext) -> dict[str, Any]:
     return summary
 
 
+def _ks_tmax(text: str) -> float:
+    """argparse type of ``--ks-tmax``: a positive multiple of the snapshot interval 0.4 (at least 5 snapshots)."""
+    import argparse
+
+    value = float_arg(0.0, strict=True)(text)
+    steps = round(value / 0.4)
+    if steps < 4 or abs(steps * 0.4 - value) > 1e-9 * value:
+        raise argparse.ArgumentTypeError(f"must be a multiple of the snapshot interval 0.4, >= 1.6, got {text}")
+    return value
+
+
 def _add_arguments(parser) -> None:
-    parser.add_argument("--noise", type=float, nargs="+", default=None,
+    parser.add_argument("--noise", type=float_arg(0.0), nargs="+", default=None,
                         help="noise levels in percent of std(u) (quick: 0 5; full: 0 1 5 10)")
-    parser.add_argument("--lowpass", type=float, nargs="+", default=None,
+    parser.add_argument("--lowpass", type=float_arg(0.0), nargs="+", default=None,
                         help="low-pass cut-offs tried on noisy data, 0 = none (quick: 2.5; full: 0 2.5)")
     parser.add_argument("--methods", nargs="+", default=None, choices=list(METHODS),
                         help="learned methods (estimators) to run")
-    parser.add_argument("--seeds", type=int, default=None, help="seeds in the paper's setting (quick 3, full 10)")
-    parser.add_argument("--grid-seeds", type=int, default=None,
+    parser.add_argument("--seeds", type=int_arg(1), default=None,
+                        help="seeds in the paper's setting (quick 3, full 10)")
+    parser.add_argument("--grid-seeds", type=int_arg(1), default=None,
                         help="seeds per cell of the loss ablation, noise and large-library grids (quick 2, full 5)")
-    parser.add_argument("--steps", type=int, default=None, help="Adam steps (quick 300, full 500)")
-    parser.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 0.1)")
-    parser.add_argument("--batch", type=int, default=None, help="samples per step (default 4)")
+    parser.add_argument("--steps", type=int_arg(1), default=None, help="Adam steps (quick 300, full 500)")
+    parser.add_argument("--lr", type=float_arg(0.0, strict=True), default=None, help="Adam learning rate (default 0.1)")
+    parser.add_argument("--batch", type=int_arg(1), default=None, help="samples per step (default 4)")
     parser.add_argument("--loss", choices=LOSSES, default=None, help="vertex gradient dℓ/dz (default: swap)")
     parser.add_argument("--loss-ablation", nargs="*", choices=LOSSES, default=None,
                         help="further losses run on clean data (full: multilinear masked)")
     parser.add_argument("--baselines", nargs="*", choices=BASELINES, default=None,
                         help="baselines on the 14-term library (default: all)")
-    parser.add_argument("--distractors", type=int, nargs="*", default=None,
+    parser.add_argument("--distractors", type=int_arg(0, 200), nargs="*", default=None,
                         help="distractors added to the 23 terms, 0..200; none: skip (quick 50; full 0 50 100 200)")
     parser.add_argument("--large-methods", nargs="*", choices=list(METHODS), default=None,
                         help="learned methods on the larger library")
-    parser.add_argument("--large-steps", type=int, default=None, help="steps on the larger library")
+    parser.add_argument("--large-steps", type=int_arg(1), default=None, help="steps on the larger library")
     parser.add_argument("--large-baselines", nargs="*", choices=BASELINES, default=None,
                         help="baselines on the larger library (default: exhaustive stlsq)")
-    parser.add_argument("--ks-n", type=int, default=None, help="KS grid points (default 1024; smaller for tests)")
-    parser.add_argument("--ks-tmax", type=float, default=None, help="KS final time (default 100)")
+    parser.add_argument("--ks-n", type=int_arg(16, even=True), default=None,
+                        help="KS grid points, even, >= 16 (default 1024; smaller for tests)")
+    parser.add_argument("--ks-tmax", type=_ks_tmax, default=None, help="KS final time (default 100)")
     parser.add_argument("--no-periodic", dest="periodic", action="store_const", const=False, default=None,
                         help="one-sided edge stencils as pysindy 2.1 ignores periodic=True (the paper's numbers)")
     parser.add_argument("--cache-dir", default=None, help="where the KS solution is cached (default: OUT/data)")
