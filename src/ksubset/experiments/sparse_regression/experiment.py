@@ -95,14 +95,14 @@ OBJECTIVE = "log(ridge mse / mean(u_t^2))"
 @dataclass(frozen=True)
 class Method:
     label: str
-    estimator: str  # a registered estimator, or "fd" (defined here)
+    estimator: str  # a registered estimator
     hp: dict[str, Any] = field(default_factory=dict)
 
 
 #: the learned methods (keys are the ``--methods`` names)
 METHODS: dict[str, Method] = {
     "simple": Method("SIMPLE", "simple"),
-    "fd": Method("SIMPLE-FD (original code: μ(θ) − μ(θ − λg))", "fd", {"lam": 10.0}),
+    "fd": Method("SIMPLE-FD (original code: μ(θ) − μ(θ − λg))", "simple_fd", {"lam": 10.0}),
     "simple_f": Method("SIMPLE-F", "simple_f", {"lam": 100.0}),
     "simple_b": Method("SIMPLE-B", "simple_b", {"lam": 10.0}),
     "ste": Method("STE", "ste"),
@@ -114,12 +114,13 @@ METHODS: dict[str, Method] = {
 }
 BASELINES = ("exhaustive", "stlsq", "lasso")
 
-_ALL_METHODS = ["simple", "fd", "simple_f", "ste", "imle", "aimle", "relaxed_topk", "st_relaxed_topk",
+_ALL_METHODS = ["simple", "fd", "simple_f", "simple_b", "ste", "imle", "aimle", "relaxed_topk", "st_relaxed_topk",
                 "score_function"]
 QUICK: dict[str, Any] = {
     "noise": [0.0, 5.0], "lowpass": [2.5],
     "methods": ["simple", "fd", "imle", "relaxed_topk", "score_function"],
-    "seeds": 3, "grid_seeds": 2, "steps": 300, "lr": 0.1, "batch": 4, "loss": "swap", "loss_ablation": [],
+    "seeds": 3, "grid_seeds": 2, "steps": 300, "lr": 0.1, "batch": 4, "paper_loss": "masked", "loss": "swap",
+    "loss_ablation": [],
     "baselines": list(BASELINES),
     "distractors": [50], "large_methods": ["simple", "imle"], "large_steps": 300, "large_baselines":
     ["exhaustive", "stlsq"], "ks_n": 1024, "ks_tmax": 100.0, "periodic": True, "cache_dir": None,
@@ -127,8 +128,7 @@ QUICK: dict[str, Any] = {
 FULL: dict[str, Any] = {
     **QUICK,
     "noise": [0.0, 1.0, 5.0, 10.0], "lowpass": [0.0, 2.5],
-    "methods": _ALL_METHODS, "seeds": 10, "grid_seeds": 5, "steps": 500, "loss_ablation": ["multilinear",
-                                                                                            "masked"],
+    "methods": _ALL_METHODS, "seeds": 10, "grid_seeds": 5, "steps": 500, "loss_ablation": ["multilinear"],
     "distractors": [0, 50, 100, 200],
     "large_methods": ["simple", "fd", "imle", "aimle", "relaxed_topk", "score_function"], "large_steps": 600,
 }
@@ -230,33 +230,8 @@ def subset_loss(z: torch.Tensor, problem: SubsetProblem, loss: str = "swap") -> 
     return _SubsetLoss.apply(z, problem, loss)
 
 
-class _FiniteDifferenceMarginals(torch.autograd.Function):
-    """The original code's estimator: exact samples forward; backward ``μ(θ) − μ(θ − λ g)`` (exact marginals)."""
-
-    @staticmethod
-    def forward(ctx, logits, k, lam, generator):
-        theta = logits.detach()
-        ctx.save_for_backward(theta)
-        ctx.k, ctx.lam = k, lam
-        return core.sample(theta, k, generator=generator)
-
-    @staticmethod
-    def backward(ctx, g):
-        (theta,) = ctx.saved_tensors
-        grad = core.marginals(theta, ctx.k) - core.marginals(theta - ctx.lam * g.to(theta.dtype), ctx.k)
-        return grad, None, None, None
-
-
-def finite_difference_marginals(logits, k: int, *, lam: float = 10.0, generator=None) -> torch.Tensor:
-    """Exact k-subset samples ``[..., n]`` whose backward is ``μ(θ) − μ(θ − λ g)`` (the original SIMPLE code)."""
-    return _FiniteDifferenceMarginals.apply(logits, k, float(lam), generator)
-
-
 def make_estimator(method: Method, batch: int) -> Callable:
     """``est(theta [n], generator) -> z [batch, n]`` (pathwise) or the score-function callable."""
-    if method.estimator == "fd":
-        lam = method.hp.get("lam", 10.0)
-        return lambda theta, gen: finite_difference_marginals(theta.expand(batch, -1), K, lam=lam, generator=gen)
     if method.estimator == "score_function":
         est = estimators.get("score_function", num_samples=batch, **method.hp)
         return est
@@ -577,13 +552,21 @@ def _summarise_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _studies(cfg: dict) -> list[tuple[str, DataSpec, list[str], str, int, int]]:
-    """(study, data, methods, loss, seeds, steps) for every block of learning runs."""
+    """(study, data, methods, loss, seeds, steps) for every block of learning runs.
+
+    ``paper``: the paper's setting (clean data, ``paper_loss``, every method); ``loss``: the same data with this
+    library's vertex gradient ``loss`` (as many seeds) and the ``loss_ablation`` ones (grid seeds), pathwise
+    methods only (the score function uses f only, so its runs are those of ``paper``); ``noise`` and ``large``:
+    the beyond-paper grids, with ``loss``.
+    """
     blocks = []
     paper = DataSpec("paper")
-    blocks.append(("paper", paper, cfg["methods"], cfg["loss"], cfg["seeds"], cfg["steps"]))
+    blocks.append(("paper", paper, cfg["methods"], cfg["paper_loss"], cfg["seeds"], cfg["steps"]))
+    pathwise = [m for m in cfg["methods"] if METHODS[m].estimator != "score_function"]
+    if cfg["loss"] != cfg["paper_loss"]:
+        blocks.append(("loss", paper, pathwise, cfg["loss"], cfg["seeds"], cfg["steps"]))
     for loss in cfg["loss_ablation"]:
-        meths = [m for m in cfg["methods"] if METHODS[m].estimator != "score_function"]
-        blocks.append(("loss", paper, meths, loss, cfg["grid_seeds"], cfg["steps"]))
+        blocks.append(("loss", paper, pathwise, loss, cfg["grid_seeds"], cfg["steps"]))
     for noise in cfg["noise"]:
         for lp in cfg["lowpass"] if noise else [0.0]:
             spec = DataSpec("paper", float(noise), float(lp))
@@ -763,8 +746,9 @@ def _report(ctx: RunContext, cfg: dict, results: dict, files: list[str], total_s
         "",
         f"Mode: **{ctx.mode}** — {cfg['seeds']} seeds in the paper's setting, {cfg['grid_seeds']} per cell of the "
         f"loss ablation and the beyond-paper grids; {cfg['steps']} Adam steps (lr {cfg['lr']}, {cfg['batch']} "
-        f"samples per step, θ initialised to ones), loss `{cfg['loss']}`; {total_seconds:.0f} s in all. Timings "
-        "are wall-clock on a shared machine and vary between runs.",
+        f"samples per step, θ initialised to ones); vertex gradient `{cfg['paper_loss']}` in the paper's setting "
+        f"and `{cfg['loss']}` (this library's) beyond it; {total_seconds:.0f} s in all. Timings are wall-clock on a "
+        "shared machine and vary between runs.",
         "",
         "Data: our ETDRK4 solution (N = "
         f"{cfg['ks_n']}, t ∈ [0, {cfg['ks_tmax']:g}] every 0.4), PySINDy library (degree 2, derivatives to order "
@@ -774,9 +758,15 @@ def _report(ctx: RunContext, cfg: dict, results: dict, files: list[str], total_s
         "the end (medians over the seeds that recovered). max coef error = max_i |ĉ_i − c_i| with c = −1 on the "
         "true terms and 0 elsewhere.",
         "",
-        "## The paper's setting: clean data, 14 terms",
+        f"## The paper's setting: clean data, 14 terms, the `{cfg['paper_loss']}` vertex gradient",
         "",
-        f"Paper: `{PAPER_EQUATION}` (SIMPLE).",
+        f"Paper (SIMPLE): `{PAPER_EQUATION}`.",
+        "",
+        (f"Every estimator sees the gradient of the original code (`{cfg['paper_loss']}`): the masked "
+         "least-squares loss with the ridge coefficients of the sampled support held fixed, differentiated with "
+         "respect to the mask; it is 0 for the terms not sampled, so it only reinforces what was drawn, in "
+         "proportion to its squared coefficient. The score function uses f only."
+         if cfg["paper_loss"] == "masked" else f"Vertex gradient `{cfg['paper_loss']}` (set by --paper-loss)."),
         "",
         markdown_table(HEADER, _method_rows([e for e in learned if e["study"] == "paper"])
                        + _baseline_rows(ds[paper_key]["baselines"])),
@@ -805,11 +795,14 @@ def _report(ctx: RunContext, cfg: dict, results: dict, files: list[str], total_s
         order = {m: i for i, m in enumerate(cfg["methods"])}
         ablation.sort(key=lambda e: (order.get(e["method"], 99), LOSSES.index(e["loss"]) if e["loss"] else -1))
         lines += [
-            "## Which ∂ℓ/∂z: the loss ablation (clean data)",
+            "## Beyond the paper: this library's vertex gradients (clean data)",
             "",
-            "`swap`: best single swap per term (edges of the k-subset polytope); `multilinear`: f(S ∪ i) − f(S \\ i);"
-            " `masked`: the original code's masked least-squares gradient with fixed ridge coefficients (0 for "
-            "unselected terms). The score function uses f only.",
+            "f exists only on k-subsets, so ∂ℓ/∂z is a choice. This library's choices: `swap`, the change of f under "
+            "the best single swap of each term (the edges of the k-subset polytope at the sampled vertex), and "
+            "`multilinear`, f(S ∪ i) − f(S \\ i); beside them the paper's `masked`. Seeds: "
+            f"{cfg['seeds']} for `{cfg['paper_loss']}` and `{cfg['loss']}`, {cfg['grid_seeds']} for "
+            f"{', '.join(f'`{x}`' for x in cfg['loss_ablation']) or 'no other'}. The score function uses f only "
+            "(its row is the paper's-setting one).",
             "",
             markdown_table(["method", "loss"] + HEADER[1:], _method_rows(ablation, with_loss=True)),
             "",
@@ -823,8 +816,9 @@ def _report(ctx: RunContext, cfg: dict, results: dict, files: list[str], total_s
         for m in meths:
             row = [METHODS[m].label]
             for k in noise_keys:
+                # the clean column with this library's loss too (the score function's loss is None)
                 e = next((e for e in learned if e["data"] == k and e["method"] == m
-                          and e["study"] in ("paper", "noise")), None)
+                          and e["loss"] in (cfg["loss"], None)), None)
                 row.append(f"{e['summary']['successes']}/{e['summary']['seeds']} "
                            f"({_fmt(e['summary']['median_coef_max_error'], '.2f')})" if e else "—")
             rows.append(row)
@@ -838,6 +832,7 @@ def _report(ctx: RunContext, cfg: dict, results: dict, files: list[str], total_s
         lines += [
             "## Noise (beyond the paper)",
             "",
+            f"With this library's `{cfg['loss']}` vertex gradient. "
             "Seeds that recover the exact support, per method and noise level, and in brackets the median max "
             "coefficient error (0.01 on clean data; ≈ 1 means the coefficients are meaningless even where the "
             "support is right). Noise: i.i.d. Gaussian, σ = percent × std(u), one realisation seeded by --seed; "
@@ -869,7 +864,8 @@ def _report(ctx: RunContext, cfg: dict, results: dict, files: list[str], total_s
             "Degree-3 polynomials times derivatives up to order 5 (23 PySINDy terms) plus random smooth "
             f"space-time distractor columns; clean data; {cfg['large_steps']} steps. Exhaustive search fits all "
             "C(n, 3) subsets from the Gram matrix (3×3 solves, batched); a learned method evaluates "
-            f"{cfg['batch']}·(k(n−k)+1) subsets per step with the `swap` loss.",
+            f"{cfg['batch']}·(k(n−k)+1) subsets per step with this library's `{cfg['loss']}` loss."
+            if cfg["loss"] == "swap" else f"learned methods use this library's `{cfg['loss']}` loss.",
             "",
         ]
         rows = []
@@ -896,14 +892,15 @@ def _report(ctx: RunContext, cfg: dict, results: dict, files: list[str], total_s
         "- Loss f(S) = log(ridge residual of the 3 selected columns / mean(u_t²)) (normalised columns, α = 1e-5, "
         "the objective of PySINDy's STLSQ), from the precomputed Gram matrix; the log makes it scale-free (the "
         "plain residual hides the gap between the best fits behind the terms that explain most of u_t).",
-        "- ∂ℓ/∂z is chosen (f exists only on k-subsets): by default the best single swap per term (`swap`), "
-        "centred; see the loss ablation and the module docstring for `multilinear` and the original `masked`.",
+        f"- ∂ℓ/∂z is chosen (f exists only on k-subsets), and centred: the paper's setting uses the original code's "
+        f"`{cfg['paper_loss']}`; this library's studies use `{cfg['loss']}` (`swap`: the best single swap per term); "
+        "see the vertex-gradient comparison and the module docstring.",
         "- SoftSub's soft forward is rounded to its top-3 to evaluate f, so SoftSub and ST-SoftSub receive the same "
         "gradient here (their trajectories coincide).",
         "- Hyper-parameters: "
         + "; ".join(f"{METHODS[m].label}: {METHODS[m].hp or 'none'}" for m in dict.fromkeys(
             cfg["methods"] + cfg["large_methods"])) + ". λ multiplies g, which is in units of log residual "
-        "(differences of 0.01–10).",
+        "(differences of 0.01–10) for `swap` and `multilinear`, and of relative residual for `masked`.",
         f"- {cfg['batch']} samples per step (the original drew one); the score function uses the same samples "
         "with the leave-one-out baseline.",
         "",
@@ -922,18 +919,20 @@ def _headline(cfg: dict, results: dict) -> list[str]:
     for e in learned:
         if e["study"] == "paper" and e["method"] == "simple":
             s = e["summary"]
-            out.append(f"clean data: SIMPLE finds the true support in {s['successes']}/{s['seeds']} seeds (median "
+            out.append(f"paper's setting (clean data, `{cfg['paper_loss']}` vertex gradient): SIMPLE finds the true "
+                       f"support in {s['successes']}/{s['seeds']} seeds (median "
                        f"{_fmt(s['median_steps_to_recovery'], 'g')} steps), `{s['modal_equation']}` (paper: "
                        f"`{PAPER_EQUATION}`)")
     paper = [e for e in learned if e["study"] == "paper"]
     if paper:
-        all_ok = [e["label"] for e in paper if e["summary"]["successes"] == e["summary"]["seeds"]]
-        if len(all_ok) == len(paper):
-            out.append(f"all {len(paper)} learned methods recover it in every seed; baselines: " + ", ".join(
-                f"{b} {'yes' if r['exact_support'] else 'no'}" for b, r in ds[paper_key]["baselines"].items()))
-        else:
-            out.append(f"every seed recovers on clean data for: {', '.join(all_ok) or 'none'} "
-                       f"(of {len(paper)} methods)")
+        out.append("paper's setting, seeds with the true support: " + ", ".join(
+            f"{e['label']} {e['summary']['successes']}/{e['summary']['seeds']}" for e in paper)
+            + "; baselines: " + ", ".join(
+            f"{b} {'yes' if r['exact_support'] else 'no'}" for b, r in ds[paper_key]["baselines"].items()))
+    mine = [e for e in learned if e["study"] == "loss" and e["loss"] == cfg["loss"]]
+    if mine:
+        out.append(f"this library's `{cfg['loss']}` vertex gradient (beyond the paper), seeds with the true support: "
+                   + ", ".join(f"{e['label']} {e['summary']['successes']}/{e['summary']['seeds']}" for e in mine))
     cells = []
     for key, d in ds.items():
         cell = [e for e in learned if e["data"] == key and e["study"] == "noise"]
@@ -970,14 +969,16 @@ def _config(ctx: RunContext) -> dict[str, Any]:
         bad = [m for m in cfg[key] if m not in METHODS]
         if bad:
             raise ValueError(f"unknown method(s) {bad}; choose from {list(METHODS)}")
-    if cfg["loss"] not in LOSSES or any(x not in LOSSES for x in cfg["loss_ablation"]):
-        raise ValueError(f"loss must be one of {LOSSES}")
+    if cfg["loss"] not in LOSSES or cfg["paper_loss"] not in LOSSES or any(
+            x not in LOSSES for x in cfg["loss_ablation"]):
+        raise ValueError(f"loss, paper_loss and loss_ablation must be among {LOSSES}")
     bad = [b for b in cfg["baselines"] + cfg["large_baselines"] if b not in BASELINES]
     if bad:
         raise ValueError(f"unknown baseline(s) {bad}; choose from {list(BASELINES)}")
     if any(x < 0 for x in cfg["noise"]) or any(d < 0 or d > 200 for d in cfg["distractors"]):
         raise ValueError("noise must be >= 0 and distractors in [0, 200]")
-    cfg["loss_ablation"] = [x for x in cfg["loss_ablation"] if x != cfg["loss"]]
+    cfg["loss_ablation"] = [x for x in dict.fromkeys(cfg["loss_ablation"]) if x not in (cfg["loss"],
+                                                                                          cfg["paper_loss"])]
     if 0.0 not in cfg["noise"]:
         cfg["noise"] = [0.0] + cfg["noise"]  # the paper's setting always runs
     return cfg
@@ -1031,9 +1032,13 @@ def _add_arguments(parser) -> None:
     parser.add_argument("--steps", type=int_arg(1), default=None, help="Adam steps (quick 300, full 500)")
     parser.add_argument("--lr", type=float_arg(0.0, strict=True), default=None, help="Adam learning rate (default 0.1)")
     parser.add_argument("--batch", type=int_arg(1), default=None, help="samples per step (default 4)")
-    parser.add_argument("--loss", choices=LOSSES, default=None, help="vertex gradient dℓ/dz (default: swap)")
+    parser.add_argument("--paper-loss", choices=LOSSES, default=None,
+                        help="vertex gradient dℓ/dz of the paper's-setting table (default: masked, as the original)")
+    parser.add_argument("--loss", choices=LOSSES, default=None,
+                        help="this library's vertex gradient dℓ/dz: clean-data comparison, noise and large-library "
+                        "grids (default: swap)")
     parser.add_argument("--loss-ablation", nargs="*", choices=LOSSES, default=None,
-                        help="further losses run on clean data (full: multilinear masked)")
+                        help="further losses run on clean data with --grid-seeds seeds (full: multilinear)")
     parser.add_argument("--baselines", nargs="*", choices=BASELINES, default=None,
                         help="baselines on the 14-term library (default: all)")
     parser.add_argument("--distractors", type=int_arg(0, 200), nargs="*", default=None,
