@@ -69,7 +69,8 @@ def figures(ctx: RunContext, cfg: dict, results: dict, store: DataStore) -> list
         for ax in list(axes.flat)[m:]:
             ax.axis("off")
         axes.flat[0].legend(fontsize=7)
-        fig.suptitle("logits during training (clean data, first seed; grey: the 11 other terms)")
+        fig.suptitle(f"logits during training, the paper's setting (clean data, `{cfg['paper_loss']}` gradient, "
+                     "first seed; grey: the 11 other terms)", fontsize=10)
         fig.tight_layout()
         save_figure(fig, ctx.out_dir / "logits.png")
         files.append("logits.png")
