@@ -55,7 +55,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     }
     summary["headline"] = headline(cfg, results)
     atomic_write_json(ctx.out_dir / "results.json", summary)
-    report = markdown_report(ctx, cfg, results, files, summary["provenance"]["seconds"])
+    report = markdown_report(ctx, cfg, results, files, summary["provenance"])
     atomic_write_text(ctx.out_dir / "report.md", report)
     return summary
 

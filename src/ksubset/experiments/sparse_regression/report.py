@@ -132,7 +132,8 @@ HEADER = ["method", "true support", "equation (modal over seeds)", "max coef err
           "steps to recovery (median)", "seconds to recovery (median)"]
 
 
-def markdown_report(ctx: RunContext, cfg: dict, results: dict, files: list[str], total_seconds: float) -> str:
+def markdown_report(ctx: RunContext, cfg: dict, results: dict, files: list[str], provenance: dict) -> str:
+    """The report; ``provenance`` (of this invocation) gives its wall time and how many units it computed."""
     ds = results["datasets"]
     learned = results["learned"]
     paper_key = DataSpec("paper").key
@@ -142,8 +143,9 @@ def markdown_report(ctx: RunContext, cfg: dict, results: dict, files: list[str],
         f"Mode: **{ctx.mode}** — {cfg['seeds']} seeds in the paper's setting, {cfg['grid_seeds']} per cell of the "
         f"loss ablation and the beyond-paper grids; {cfg['steps']} Adam steps (lr {cfg['lr']}, {cfg['batch']} "
         f"samples per step, θ initialised to ones); vertex gradient `{cfg['paper_loss']}` in the paper's setting "
-        f"and `{cfg['loss']}` (this library's) beyond it; {total_seconds:.0f} s in all. Timings are wall-clock on a "
-        "shared machine and vary between runs.",
+        f"and `{cfg['loss']}` (this library's) beyond it. This invocation: {provenance['seconds']:.0f} s, "
+        f"{provenance['units_computed']} units computed and {provenance['units_loaded_from_cache']} loaded from the "
+        "cache of an earlier one. Timings are wall-clock on a shared machine and vary between runs.",
         "",
         "Data: our ETDRK4 solution (N = "
         f"{cfg['ks_n']}, t ∈ [0, {cfg['ks_tmax']:g}] every 0.4), PySINDy library (degree 2, derivatives to order "
