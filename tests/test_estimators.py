@@ -430,7 +430,7 @@ def test_exact_gradient_refuses_large_n():
 
 def test_registry_lists_every_estimator():
     assert set(E.available()) == {
-        "simple", "simple_f", "simple_b", "ste", "gumbel_softmax", "st_gumbel_softmax", "relaxed_topk",
+        "simple", "simple_f", "simple_b", "simple_fd", "ste", "gumbel_softmax", "st_gumbel_softmax", "relaxed_topk",
         "st_relaxed_topk", "imle", "aimle", "score_function",
     }
     assert E.hyperparameters("imle")["lam"] == 2.5

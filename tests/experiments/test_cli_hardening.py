@@ -13,7 +13,7 @@ import pytest
 from ksubset import cli, experiments
 from ksubset.experiments import bias_variance as bv
 from ksubset.experiments import common
-from ksubset.experiments.sparse_regression import experiment as sr
+from ksubset.experiments.sparse_regression import study as sr
 
 TINY_BV = {"num_estimates": 40, "seeds": [1234], "sweep_estimates": 20, "sweep_seeds": 1,
            "sweep_enum": [(6, 3)], "sweep_closed": [], "sweep_budget": 2}

@@ -12,12 +12,16 @@ import torch
 
 import ksubset
 from ksubset import experiments
+from ksubset.estimators import simple_fd
 
 pytest.importorskip("pysindy")
 pytest.importorskip("matplotlib")
 
-from ksubset.experiments.sparse_regression import experiment as sr  # noqa: E402
 from ksubset.experiments.sparse_regression.baselines import RidgeGram  # noqa: E402
+from ksubset.experiments.sparse_regression.learner import METHODS, learn_support  # noqa: E402
+from ksubset.experiments.sparse_regression.problem import RIDGE_ALPHA, SubsetProblem, subset_loss  # noqa: E402
+from ksubset.experiments.sparse_regression.report import PAPER_EQUATION  # noqa: E402
+from ksubset.experiments.sparse_regression.study import FULL, QUICK  # noqa: E402
 
 SMALL = {"ks_n": 256, "ks_tmax": 40.0}  # a small grid where exhaustive search still finds the true support
 
@@ -29,7 +33,7 @@ def small_problem():
 
     ks = solve_ks(N=SMALL["ks_n"], t_max=SMALL["ks_tmax"])
     lib = build_library(ks.u, ks.x, ks.t)
-    return sr.SubsetProblem(RidgeGram(lib.theta, lib.u_t, alpha=sr.RIDGE_ALPHA), lib.support_of()), lib
+    return SubsetProblem(RidgeGram(lib.theta, lib.u_t, alpha=RIDGE_ALPHA), lib.support_of()), lib
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +42,7 @@ def planted():
     theta = rng.standard_normal((300, 8))
     theta[:, 4] = theta[:, 1] + 0.2 * rng.standard_normal(300)  # a correlated decoy
     y = theta[:, [1, 3, 6]] @ np.array([1.0, -2.0, 0.5]) + 0.05 * rng.standard_normal(300)
-    return sr.SubsetProblem(RidgeGram(theta, y, alpha=1e-5), [1, 3, 6])
+    return SubsetProblem(RidgeGram(theta, y, alpha=1e-5), [1, 3, 6])
 
 
 def _f(problem, subset) -> float:
@@ -94,7 +98,7 @@ def test_subset_loss_forward_and_backward(planted):
     z[0, [1, 3, 6]] = 1
     z[1, [0, 2, 7]] = 1
     z.requires_grad_(True)
-    out = sr.subset_loss(z, planted, "swap")
+    out = subset_loss(z, planted, "swap")
     assert out.shape == (2,)
     assert out[0] < np.log(1e-3) < -0.1 < out[1] <= 0.0  # log relative residuals
     np.testing.assert_allclose(out.detach().numpy(), [_f(planted, [1, 3, 6]), _f(planted, [0, 2, 7])])
@@ -105,7 +109,7 @@ def test_subset_loss_forward_and_backward(planted):
 def test_finite_difference_estimator():
     theta = torch.randn(10, dtype=torch.float64, requires_grad=True)
     gen = torch.Generator().manual_seed(3)
-    z = sr.finite_difference_marginals(theta.expand(5, -1), 3, lam=2.0, generator=gen)
+    z = simple_fd(theta.expand(5, -1), 3, lam=2.0, generator=gen)
     assert z.shape == (5, 10) and torch.all(z.sum(-1) == 3)
     g = torch.randn(5, 10, dtype=torch.float64)
     (grad,) = torch.autograd.grad((z * g).sum(), theta)
@@ -116,7 +120,7 @@ def test_finite_difference_estimator():
 
 def test_planted_support_is_learned(planted):
     for name in ["simple", "fd", "score_function"]:
-        r = sr.learn_support(planted, sr.METHODS[name], steps=150, seed=1)
+        r = learn_support(planted, METHODS[name], steps=150, seed=1)
         assert r["support"] == [1, 3, 6], name
         assert r["exact_support"] and r["steps_to_recovery"] is not None
         np.testing.assert_allclose(r["coefficients"], [1.0, -2.0, 0.5], atol=0.05)
@@ -125,7 +129,7 @@ def test_planted_support_is_learned(planted):
 def test_simple_recovers_ks_on_a_small_grid(small_problem):
     problem, lib = small_problem
     assert problem.n == 14 and problem.true == tuple(lib.support_of().tolist())
-    r = sr.learn_support(problem, sr.METHODS["simple"], steps=100, seed=0, trajectory_every=1)
+    r = learn_support(problem, METHODS["simple"], steps=100, seed=0, trajectory_every=1)
     assert r["exact_support"], r["support"]
     assert r["support"] == lib.support_of().tolist()
     assert r["steps_to_recovery"] is not None and r["steps_to_recovery"] <= 100
@@ -165,7 +169,7 @@ def test_end_to_end_and_resume(tmp_path):
     assert set(data["trajectories"]) == {"simple", "fd"}
     assert summary["headline"] and any("SIMPLE" in line for line in summary["headline"])
     report = (out / "report.md").read_text()
-    assert sr.PAPER_EQUATION in report and "u_xxxx" in report and "exhaustive" in report
+    assert PAPER_EQUATION in report and "u_xxxx" in report and "exhaustive" in report
     assert "1 % noise, low-pass 2.5" in report
 
     again = experiments.run("sparse-regression", tmp_path, mode="quick", options=_options(), show_progress=False)
@@ -198,7 +202,7 @@ def test_cli_options_reach_the_experiment(monkeypatch, tmp_path):
 
 
 def test_every_method_has_a_working_estimator(planted):
-    for name, method in sr.METHODS.items():
-        r = sr.learn_support(planted, method, steps=3, seed=0)
+    for name, method in METHODS.items():
+        r = learn_support(planted, method, steps=3, seed=0)
         assert len(r["support"]) == 3 and r["steps"] == 3, name
-    assert set(itertools.chain(sr.QUICK["methods"], sr.FULL["methods"], sr.FULL["large_methods"])) <= set(sr.METHODS)
+    assert set(itertools.chain(QUICK["methods"], FULL["methods"], FULL["large_methods"])) <= set(METHODS)

@@ -10,6 +10,7 @@ name                      forward                                 backward
 ``simple``                exact k-subset sample                   ``Cov(z) g`` (exact marginal Jacobian)
 ``simple_f``              exact sample ``z``                      ``z - z'``, ``z' ~ p_{theta - lam g}``
 ``simple_b``              perturb-and-MAP (sum-of-gamma)          ``mu(theta) - mu(theta - lam g)``
+``simple_fd``             exact k-subset sample                   ``mu(theta) - mu(theta - lam g)``
 ``ste``                   exact sample                            identity
 ``gumbel_softmax``        ``softmax((theta + G)/tau)``, k = 1     through the relaxation
 ``st_gumbel_softmax``     one-hot ``argmax(theta + G)``, k = 1    gradient of ``gumbel_softmax``
@@ -38,6 +39,7 @@ from typing import Any
 
 from ..core._problem import check_generator
 from .exact import MAX_ENUMERATION_N, exact_expectation, exact_gradient
+from .finite_difference import _check_simple_fd, simple_fd
 from .gumbel import _check_gumbel, gumbel_softmax, st_gumbel_softmax
 from .imle import AIMLEState, _check_aimle, _check_imle, aimle, imle
 from .noise import gumbel_noise, standard_gamma, sum_of_gamma_noise
@@ -65,6 +67,7 @@ __all__ = [
     "simple",
     "simple_b",
     "simple_f",
+    "simple_fd",
     "standard_gamma",
     "st_gumbel_softmax",
     "st_relaxed_topk",
@@ -89,6 +92,7 @@ _REGISTRY: dict[str, _Spec] = {
     "simple": _Spec(simple, _no_hyperparameters),
     "simple_f": _Spec(simple_f, _check_simple_f),
     "simple_b": _Spec(simple_b, _check_simple_b),
+    "simple_fd": _Spec(simple_fd, _check_simple_fd),
     "ste": _Spec(ste, _no_hyperparameters),
     "gumbel_softmax": _Spec(gumbel_softmax, lambda **hp: _check_gumbel("gumbel_softmax", **hp)),
     "st_gumbel_softmax": _Spec(st_gumbel_softmax, lambda **hp: _check_gumbel("st_gumbel_softmax", **hp)),
