@@ -180,9 +180,10 @@ def sample_and_marginals(
     return z, P.unflatten(mu).to(P.dtype)
 
 
-def log_prob(logits: Tensor, counts, z: Tensor, mask: Tensor | None = None) -> Tensor:
+def log_prob(logits: Tensor, counts, z: Tensor, mask: Tensor | None = None, *, validate: bool = False) -> Tensor:
     """``theta · z + phi[|z|] - log Z`` per row ``[...]`` (``z [..., n]`` broadcasts against the logits);
-    ``-inf`` where ``z`` is not in the support (a forbidden count, an unavailable item, a missed forced item)."""
+    ``-inf`` where ``z`` is not in the support (a forbidden count, an unavailable item, a missed forced item),
+    or ``ValueError`` there with ``validate=True``."""
     logits = check_logits(logits)
     z = _exact._check_z(z, logits)
     P = prepare_counts(logits, counts, mask)
@@ -194,6 +195,8 @@ def log_prob(logits: Tensor, counts, z: Tensor, mask: Tensor | None = None) -> T
     phi = P.unflatten(P.phi).expand(*j.shape, P.K + 1)
     phi_j = phi.gather(-1, j.unsqueeze(-1)).squeeze(-1)
     ok = ok & ((zc * free).sum(-1) <= P.K) & (phi_j > -math.inf)
+    if validate and not bool(ok.all()):
+        raise ValueError("z is not in the support of the count-constrained distribution in every row")
     score = (P.unflatten(torch.where(P.free, P.theta, 0.0)) * zc).sum(-1) + torch.where(ok, phi_j, 0.0)
     lp = score - _log_z(P).reshape(P.batch_shape)
     return torch.where(ok, lp, -math.inf).to(P.dtype)
