@@ -183,7 +183,7 @@ def _solve(p: Tensor, k: Tensor, free: Tensor, *, tol: float, max_newton: int, m
             theta = torch.where(free & (err > tol).unsqueeze(-1), theta + step, theta)
             mu, cov = ev.at(theta)
             new_gap = float(torch.where(free, target - _logit(mu), 0.0).abs().max())
-            if new_gap >= last_gap:
+            if new_gap >= 0.5 * last_gap:  # not contracting: leave it to Newton
                 theta, mu, cov, res, err = previous
                 last_gap = 0.0  # stop correcting; go to Newton
                 continue
