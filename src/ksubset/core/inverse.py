@@ -118,9 +118,6 @@ class _Marginals:
         return mu.detach(), cov
 
 
-#: Newton–CG takes over once every free item's marginal is within this distance of its target in logit
-#: space (there the quadratic model is good); before that, cheap per-item corrections ``logit pi - logit mu``.
-SWITCH_TO_NEWTON = 1.0
 #: Largest change of one logit in one step (keeps an item whose marginal underflowed from jumping far).
 MAX_CORRECTION = 30.0
 
@@ -143,8 +140,10 @@ def _logit(x: Tensor) -> Tensor:
 def _solve(p: Tensor, k: Tensor, free: Tensor, *, tol: float, max_newton: int, max_cg: int):
     """Newton–CG on ``[B, n]`` float64. Returns ``theta`` (with ±inf), the final marginals and statistics.
 
-    1. Start at ``logit(pi)`` (the Poisson design); while some item is far off (``|logit pi - logit mu| > 1``)
-       take per-item corrections ``theta += logit pi - logit mu`` (cheap, robust far from the solution).
+    1. Start at ``logit(pi)`` (the Poisson design) and take per-item corrections
+       ``theta += logit pi - logit mu`` (one marginal pass each) while they at least halve the largest
+       ``|logit pi - logit mu|``: when the items are weakly coupled (small ``pi``) this converges in a few
+       passes; when they are strongly coupled it overshoots, and Newton takes over.
     2. Damped Newton: ``Cov d = pi - mu`` by Jacobi-preconditioned CG, backtracking until the residual falls.
     3. Polish: the absolute residual hardly sees items with tiny ``pi`` (their logits are nearly free
        directions of the objective), so once it is met, those items get per-item corrections until their
@@ -173,7 +172,7 @@ def _solve(p: Tensor, k: Tensor, free: Tensor, *, tol: float, max_newton: int, m
                 f"logits_from_marginals did not reach max|mu - pi| <= {tol:g} in {max_newton} iterations "
                 f"(reached {float(err.max()):.3g}); raise max_iter or loosen tol"
             )
-        elif newton == 0 and float(gap.abs().max()) > SWITCH_TO_NEWTON and float(gap.abs().max()) < last_gap:
+        elif newton == 0 and float(gap.abs().max()) < last_gap:
             # (the per-item corrections overshoot between strongly coupled items: once they stop shrinking
             # the largest gap, Newton takes over)
             corrections += 1
