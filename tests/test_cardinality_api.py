@@ -126,3 +126,20 @@ def test_layer_with_a_count_constraint_round_trips_its_state():
     other = ksubset.nn.KSubsetLayer(2)
     other.load_state_dict(layer.state_dict())
     assert other.k == AtMost(3)
+
+
+def test_readme_beyond_k_examples_run():
+    import contextlib
+    import io
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = dict(re.findall(r"<!-- beyond-k: (\S+) -->\s*```python\n(.*?)```", text, re.S))
+    assert set(blocks) == {"at-most", "learn-how-many", "inclusion"}, sorted(blocks)
+    for name, code in blocks.items():
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            exec(compile(code, f"README beyond-k {name}", "exec"), {})
+        if name == "learn-how-many":
+            assert out.getvalue().strip() == "tensor(3)", out.getvalue()

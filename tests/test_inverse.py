@@ -37,7 +37,6 @@ def test_round_trip_against_enumeration():
     np.testing.assert_allclose(enumerate_row(theta.numpy(), 3).marginals, pi.numpy(), atol=1e-12)
 
 
-@pytest.mark.slow
 def test_round_trip_n_1e5():
     g = torch.Generator().manual_seed(2)
     n, k = 100_000, 100
