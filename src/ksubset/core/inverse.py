@@ -140,10 +140,10 @@ def _logit(x: Tensor) -> Tensor:
 def _solve(p: Tensor, k: Tensor, free: Tensor, *, tol: float, max_newton: int, max_cg: int):
     """Newton–CG on ``[B, n]`` float64. Returns ``theta`` (with ±inf), the final marginals and statistics.
 
-    1. Start at ``logit(pi)`` (the Poisson design) and take per-item corrections
-       ``theta += logit pi - logit mu`` (one marginal pass each) while they at least halve the largest
-       ``|logit pi - logit mu|``: when the items are weakly coupled (small ``pi``) this converges in a few
-       passes; when they are strongly coupled it overshoots, and Newton takes over.
+    1. Start at ``logit(pi)`` (the Poisson design) and take fixed-point steps ``pt <- pt + pi - mu`` on
+       ``pt = sigmoid(theta)`` (the iteration of R's ``sampling::UPMEpiktildefrompik``; one marginal pass
+       each) while they at least halve ``max |pi - mu|``: for weakly coupled items this converges in a few
+       passes; when it stops contracting (strongly coupled items), Newton takes over.
     2. Damped Newton: ``Cov d = pi - mu`` by Jacobi-preconditioned CG, backtracking until the residual falls.
     3. Polish: the absolute residual hardly sees items with tiny ``pi`` (their logits are nearly free
        directions of the objective), so once it is met, those items get per-item corrections until their
@@ -172,16 +172,20 @@ def _solve(p: Tensor, k: Tensor, free: Tensor, *, tol: float, max_newton: int, m
                 f"logits_from_marginals did not reach max|mu - pi| <= {tol:g} in {max_newton} iterations "
                 f"(reached {float(err.max()):.3g}); raise max_iter or loosen tol"
             )
-        elif newton == 0 and float(gap.abs().max()) < last_gap:
+        elif newton == 0 and float(err.max()) < last_gap:
             # (the per-item corrections overshoot between strongly coupled items: once they stop shrinking
             # the largest gap, Newton takes over)
             corrections += 1
-            last_gap = float(gap.abs().max())
-            step = gap.clamp(-MAX_CORRECTION, MAX_CORRECTION)
+            last_gap = float(err.max())
+            # the fixed point of UPMEpiktildefrompik (R package sampling) on pt = sigmoid(theta):
+            # pt <- pt + pi - mu, kept inside (0, 1)
+            pt = torch.sigmoid(theta) + res
+            s = torch.sigmoid(theta)
+            pt = torch.minimum(torch.maximum(pt, s * 1e-3), 1 - (1 - s) * 1e-3)  # at most 7 nats per step
             previous = theta, mu, cov, res, err
-            theta = torch.where(free & (err > tol).unsqueeze(-1), theta + step, theta)
+            theta = torch.where(free & (err > tol).unsqueeze(-1), _logit(pt), theta)
             mu, cov = ev.at(theta)
-            new_gap = float(torch.where(free, target - _logit(mu), 0.0).abs().max())
+            new_gap = float(torch.where(free, p - mu, 0.0).abs().max())
             if new_gap >= 0.5 * last_gap:  # not contracting: leave it to Newton
                 theta, mu, cov, res, err = previous
                 last_gap = 0.0  # stop correcting; go to Newton
