@@ -251,3 +251,24 @@ def test_errors():
         card.marginals(theta, "3")
     with pytest.raises(ValueError, match="allows no subset"):
         card.marginals(theta, CountPotential(torch.full((3,), -math.inf)))
+
+
+def test_kl_between_different_count_sets_and_masks():
+    gen = torch.Generator().manual_seed(14)
+    n = 7
+    p = torch.randn(n, generator=gen, dtype=torch.float64) * 2
+    q = torch.randn(n, generator=gen, dtype=torch.float64) * 2
+    phi_q = torch.randn(n + 1, generator=gen, dtype=torch.float64)
+    pairs = [(Exactly(2), AtMost(3)), (Between(1, 3), CountPotential(phi_q)), (AtMost(4), Between(2, 6))]
+    for pc, qc in pairs:
+        kl = card.kl_divergence(p, q, pc, q_counts=qc).item()
+        ref = kl_counts(p.numpy(), phi_of(pc, n), q.numpy(), phi_of(qc, n))
+        assert kl == pytest.approx(ref, rel=1e-10, abs=1e-12), (pc, qc)
+    # q forbids an item that p may select: +inf; p never selects an item that q cannot: finite
+    q2 = q.clone()
+    q2[0] = -math.inf
+    assert card.kl_divergence(p, q2, AtMost(3)).item() == math.inf
+    p2 = p.clone()
+    p2[0] = -math.inf
+    ref = kl_counts(p2.numpy(), phi_of(AtMost(3), n), q2.numpy(), phi_of(AtMost(3), n))
+    assert card.kl_divergence(p2, q2, AtMost(3)).item() == pytest.approx(ref, rel=1e-10)

@@ -26,6 +26,13 @@ def test_top_level_functions_dispatch_and_keep_exactly_k():
     )
     assert (ksubset.sample(theta, AtMost(4), sample_shape=(5,)).sum(-1) <= 4).all()
     assert (ksubset.mode(theta, Between(2, 3)).sum(-1) >= 2).all()
+    mask = torch.ones(3, 9, dtype=torch.bool)
+    mask[:, 0] = False
+    torch.testing.assert_close(  # the exactly-k argument order (p, q, k, mask) carries over
+        ksubset.kl_divergence(theta, q, AtMost(3), mask), ksubset.cardinality.kl_divergence(theta, q, AtMost(3), mask)
+    )
+    with pytest.raises(ValueError, match="no count-constraint version"):
+        ksubset.nn.KSubsetLayer(AtMost(3), estimator="aimle")
 
 
 def test_simple_backward_is_the_enumerated_covariance_in_theta_and_phi():

@@ -115,4 +115,4 @@ def _counts(d):
 def _kl_cardinality(p, q) -> Tensor:
     if p.event_shape != q.event_shape:
         raise ValueError(f"KL needs the same n, got {p.event_shape} and {q.event_shape}")
-    return card.kl_divergence(_masked(p), _masked(q), _counts(p), _counts(q))
+    return card.kl_divergence(_masked(p), _masked(q), _counts(p), q_counts=_counts(q))

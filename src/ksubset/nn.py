@@ -61,6 +61,9 @@ class KSubsetLayer(nn.Module):
                 f"{[n for n in _estimators.available() if n != 'score_function']}"
             )
         est = _estimators.get(estimator, **hyperparameters)
+        if isinstance(k, _card.CountConstraint) and estimator not in _estimators.cardinality.SUPPORTED:
+            raise ValueError(f"estimator {estimator!r} has no count-constraint version; use one of "
+                             f"{sorted(_estimators.cardinality.SUPPORTED)} with {k!r}")
         self.k = k if isinstance(k, _card.CountConstraint) else int(k)
         self.eval_mode = eval_mode
         self.estimator = est

@@ -234,11 +234,12 @@ def _count_range(P: CountProblem) -> tuple[Tensor, Tensor]:
 
 
 def kl_divergence(
-    p_logits: Tensor, q_logits: Tensor, p_counts, q_counts=None, mask: Tensor | None = None
+    p_logits: Tensor, q_logits: Tensor, counts, mask: Tensor | None = None, *, q_counts=None
 ) -> Tensor:
     """Exact ``KL(p || q)`` ``[...]`` between two count-constrained distributions on the same items.
 
-    ``q_counts=None`` uses ``p_counts``; ``mask`` applies to both. ``+inf`` where ``p`` puts mass outside
+    ``counts`` is p's constraint and also q's unless ``q_counts`` is given; ``mask`` applies to both (the
+    argument order of the exactly-k :func:`ksubset.kl_divergence`). ``+inf`` where ``p`` puts mass outside
     ``q``'s support. Written without the large cancelling terms ``theta · mu`` and ``log Z``: with both rows
     shifted and ``x_q`` q's shifted logits,
     ``KL = -H(p) + sum_i [mu_i softplus(-x_q,i) + nu_i softplus(x_q,i)] + sum_j pi_j (log Q_q,j - log pi_q,j)``.
@@ -253,8 +254,8 @@ def kl_divergence(
         ) from None
     if p_logits.shape[-1] != q_logits.shape[-1]:
         raise ValueError("p_logits and q_logits must have the same number of items (last dimension)")
-    P = prepare_counts(p_logits.expand(shape), p_counts, mask, name="p_logits")
-    Q = prepare_counts(q_logits.expand(shape), p_counts if q_counts is None else q_counts, mask, name="q_logits")
+    P = prepare_counts(p_logits.expand(shape), counts, mask, name="p_logits")
+    Q = prepare_counts(q_logits.expand(shape), counts if q_counts is None else q_counts, mask, name="q_logits")
     graph = _wants_graph(P) or _wants_graph(Q)
     dt = P.theta.dtype
     qp = _evaluate(P, grads=True, create_graph=graph)
