@@ -780,6 +780,8 @@ def main(argv: list[str] | None = None) -> int:
         + (f" ({msg})" if msg else "")
         + f" in {meta['wall_s']:.0f} s"
     )
+    from . import bench_cardinality  # issue 12: inverse map and count constraints (writes cardinality.json)
+    bench_cardinality.main((["--quick"] if args.quick else []) + ["--out", args.out])
     return 0
 
 

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from . import core
 from . import estimators as _estimators
+from .core import cardinality as _card
 from .core._problem import check_generator
 
 __all__ = ["KSubsetLayer"]
@@ -22,8 +23,10 @@ class KSubsetLayer(nn.Module):
     """Select k of n items: ``logits [..., n] → [..., n]``.
 
     Args:
-        k: the default subset size (an int >= 0); ``forward(..., k=...)`` overrides it per call, with an int or
-            an integer tensor broadcastable to ``logits.shape[:-1]`` (per-row k).
+        k: the default subset size (an int >= 0) or a count constraint (``ksubset.AtMost(k)``,
+            ``Between(a, b)``, ``CountPotential(phi)``; estimators ``simple``, ``ste``, ``imle``);
+            ``forward(..., k=...)`` overrides it per call, with an int or an integer tensor broadcastable to
+            ``logits.shape[:-1]`` (per-row k) or a constraint.
         estimator: a pathwise estimator name from :func:`ksubset.estimators.available` (not
             ``"score_function"``, which needs the loss; call it directly).
         eval_mode: what evaluation mode (``layer.eval()``) returns: ``"mode"`` (default) the top-k k-hot
@@ -46,7 +49,9 @@ class KSubsetLayer(nn.Module):
         self._configure(k, estimator, eval_mode, hyperparameters)
 
     def _configure(self, k: int, estimator: str, eval_mode: str, hyperparameters: dict[str, Any]) -> None:
-        if not isinstance(k, numbers.Integral) or isinstance(k, bool) or int(k) < 0:
+        if isinstance(k, _card.CountConstraint):  # AtMost(k), Between(a, b), CountPotential(phi), ...
+            pass
+        elif not isinstance(k, numbers.Integral) or isinstance(k, bool) or int(k) < 0:
             raise ValueError(f"k must be an int >= 0 (per-row k goes to forward(k=...)), got {k!r}")
         if eval_mode not in _EVAL_MODES:
             raise ValueError(f"eval_mode must be one of {list(_EVAL_MODES)}, got {eval_mode!r}")
@@ -57,7 +62,10 @@ class KSubsetLayer(nn.Module):
                 f"{[n for n in _estimators.available() if n != 'score_function']}"
             )
         est = _estimators.get(estimator, **hyperparameters)
-        self.k = int(k)
+        if isinstance(k, _card.CountConstraint) and estimator not in _estimators.cardinality.SUPPORTED:
+            raise ValueError(f"estimator {estimator!r} has no count-constraint version; use one of "
+                             f"{sorted(_estimators.cardinality.SUPPORTED)} with {k!r}")
+        self.k = k if isinstance(k, _card.CountConstraint) else int(k)
         self.eval_mode = eval_mode
         self.estimator = est
 
@@ -79,11 +87,12 @@ class KSubsetLayer(nn.Module):
         check_generator(generator)
         if self.training:
             return self.estimator(logits, kk, mask, generator=generator)
+        ops = _card if isinstance(kk, _card.CountConstraint) else core
         if self.eval_mode == "mode":
-            return core.mode(logits, kk, mask)
+            return ops.mode(logits, kk, mask)
         if self.eval_mode == "sample":
-            return core.sample(logits, kk, mask, generator=generator)
-        return core.marginals(logits, kk, mask)
+            return ops.sample(logits, kk, mask, generator=generator)
+        return ops.marginals(logits, kk, mask)
 
     def extra_repr(self) -> str:
         parts = [f"k={self.k}", f"estimator={self.estimator.name!r}", f"eval_mode={self.eval_mode!r}"]

@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core._problem import check_generator
+from ..core.cardinality import CountConstraint
+from .cardinality import SUPPORTED as _COUNT_ESTIMATORS
 from .exact import MAX_ENUMERATION_N, exact_expectation, exact_gradient
 from .finite_difference import _check_simple_fd, simple_fd
 from .gumbel import _check_gumbel, gumbel_softmax, st_gumbel_softmax
@@ -169,6 +171,11 @@ class Estimator:
             )
         check_generator(generator)
         extra = {"state": self.state} if self.state is not None else {}
+        if len(args) > 1 and isinstance(args[1], CountConstraint):  # k is a count constraint (AtMost, ...)
+            if self.name not in _COUNT_ESTIMATORS:
+                raise ValueError(f"estimator {self.name!r} has no count-constraint version; use one of "
+                                 f"{sorted(_COUNT_ESTIMATORS)} with AtMost/Between/CountPotential")
+            return _COUNT_ESTIMATORS[self.name](*args, generator=generator, **kwargs, **self.hyperparameters)
         return self._fn(*args, generator=generator, **kwargs, **self.hyperparameters, **extra)
 
     def __repr__(self) -> str:
