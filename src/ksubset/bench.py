@@ -9,7 +9,7 @@ after two warm-up runs each) and the median of at least 5 runs is reported, so t
 during the measurement affects every method alike. Methods:
 
 * ``reference`` / ``tree`` / ``auto`` — :func:`ksubset.simple` with the engine forced by
-  :func:`ksubset.core.set_engine` (``auto`` is the default dispatch: the compiled kernel on CPU when numba is
+  :func:`ksubset.core.use_engine` (``auto`` is the default dispatch: the compiled kernel on CPU when numba is
   installed, else the tree);
 * ``st_relaxed_topk`` — Xie & Ermon's relaxed top-k (k successive softmaxes of Gumbel-perturbed logits with
   ``alpha <- alpha + log(1 - a)``), hard top-k forward by straight-through; ``relaxed_topk`` — the same
@@ -147,11 +147,8 @@ def _estimator(method: str) -> Callable:
         engine = None if method == "auto" else method
 
         def run(x, k, generator):
-            core.set_engine(engine)
-            try:
+            with core.use_engine(engine):
                 return ksubset.simple(x, k, generator=generator)
-            finally:
-                core.set_engine(None)
 
         return run
     fn = {"st_relaxed_topk_lean": _private_st_relaxed_topk, "relaxed_topk_lean": _private_relaxed_topk}.get(
@@ -216,20 +213,14 @@ def _engine_name(B: int, n: int, device: str) -> str:
 
 def _max_dmu(method: str, x: torch.Tensor, k: int, mu64: torch.Tensor) -> float:
     engine = None if method == "auto" else method
-    core.set_engine(engine)
-    try:
+    with core.use_engine(engine):
         mu = ksubset.marginals(x.detach().float(), k)
-    finally:
-        core.set_engine(None)
     return float((mu.double() - mu64).abs().max())
 
 
 def _mu64(x: torch.Tensor, k: int, engine: str) -> torch.Tensor:
-    core.set_engine(engine)
-    try:
+    with core.use_engine(engine):
         return ksubset.marginals(x.detach().double(), k)
-    finally:
-        core.set_engine(None)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Reference engine: the original sequential algorithm, kept as test oracle and benchmark baseline.
 
 * ``a[i][j] = log e_j(exp theta_1..i)`` built one item at a time in log space (``n`` sequential steps);
-* marginals by autograd of ``a[n][k]``; covariance-vector products by double backward;
+* marginals by autograd of ``a[n][k]``; covariance-vector products by double backward (``torch.func``);
 * exact sampling by walking the table backwards, item by item:
   ``Pr(z_i = 1 | j still needed) = exp(theta_i + a[i-1][j-1] - a[i][j])``.
 
@@ -14,7 +14,19 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["log_partition", "marginals", "cov_vec", "entropy", "sample", "sample_and_marginals", "table"]
+__all__ = [
+    "log_partition",
+    "marginals",
+    "cov_vec",
+    "cov3",
+    "entropy",
+    "uniforms",
+    "sample",
+    "sample_given",
+    "sample_and_marginals",
+    "sample_and_marginals_given",
+    "table",
+]
 
 # A finite stand-in for log 0, so that autograd through logaddexp never meets (-inf) - (-inf).
 _LOG_ZERO = -1e30
@@ -48,30 +60,54 @@ def log_partition(theta: Tensor, k: Tensor, K: int) -> Tensor:
     return _log_z(theta, k, K)
 
 
+def _mu_fn(k: Tensor, K: int):
+    """``theta -> d log Z / d theta`` (torch.func, which also works inside an operator's implementation,
+    where the autograd dispatch keys are switched off)."""
+    return torch.func.grad(lambda t: _log_z(t, k, K).sum())
+
+
 def marginals(theta: Tensor, k: Tensor, K: int) -> Tensor:
-    with torch.enable_grad():
-        t = theta.detach().requires_grad_(True)
-        (mu,) = torch.autograd.grad(_log_z(t, k, K).sum(), t)
-    return mu.detach()
+    return _mu_fn(k, K)(theta.detach())
 
 
 def cov_vec(theta: Tensor, k: Tensor, K: int, v: Tensor) -> Tensor:
-    with torch.enable_grad():
-        t = theta.detach().requires_grad_(True)
-        (mu,) = torch.autograd.grad(_log_z(t, k, K).sum(), t, create_graph=True)
-        v = torch.where(torch.isfinite(theta), v, 0.0)
-        (hv,) = torch.autograd.grad((mu * v).sum(), t)
-    return hv.detach()
+    v = torch.where(torch.isfinite(theta), v, 0.0)
+    mu = _mu_fn(k, K)
+    return torch.func.grad(lambda t: (mu(t) * v).sum())(theta.detach())
+
+
+def cov3(theta: Tensor, k: Tensor, K: int, v: Tensor, w: Tensor) -> Tensor:
+    """``sum_jl kappa_ijl v_j w_l`` (third cumulant) by triple differentiation of the table."""
+    finite = torch.isfinite(theta)
+    v = torch.where(finite, v, 0.0)
+    w = torch.where(finite, w, 0.0)
+    mu = _mu_fn(k, K)
+
+    def hv(t: Tensor) -> Tensor:
+        return torch.func.grad(lambda s: (mu(s) * v).sum())(t)
+
+    return torch.func.grad(lambda t: (hv(t) * w).sum())(theta.detach())
+
+
+def uniforms(theta: Tensor, num_samples: int, generator=None) -> Tensor:
+    """One uniform per item and sample, ``[S, B, n]`` in the logits' dtype."""
+    B, n = theta.shape
+    return torch.rand(num_samples, B, n, generator=generator, device=theta.device, dtype=theta.dtype)
 
 
 def sample(theta: Tensor, k: Tensor, K: int, num_samples: int, generator=None) -> Tensor:
+    return sample_given(theta, k, K, uniforms(theta, num_samples, generator))
+
+
+def sample_given(theta: Tensor, k: Tensor, K: int, u: Tensor) -> Tensor:
+    """Exact samples ``[S, B, n]`` int64 from the uniforms ``u [S, B, n]`` of :func:`uniforms`."""
     B, n = theta.shape
+    num_samples = u.shape[0]
     with torch.no_grad():
         a = table(theta, K)  # [n + 1, B, K + 1]
         t = torch.where(torch.isfinite(theta), theta, torch.full_like(theta, _LOG_ZERO))
         need = k.unsqueeze(0).expand(num_samples, B).clone()  # [S, B]
         z = torch.zeros(num_samples, B, n, dtype=torch.int64, device=theta.device)
-        u = torch.rand(num_samples, B, n, generator=generator, device=theta.device, dtype=theta.dtype)
         for i in range(n, 0, -1):
             j = need
             prev = a[i - 1].unsqueeze(0).expand(num_samples, B, K + 1)
@@ -88,6 +124,10 @@ def sample(theta: Tensor, k: Tensor, K: int, num_samples: int, generator=None) -
 
 def sample_and_marginals(theta: Tensor, k: Tensor, K: int, num_samples: int, generator=None):
     return sample(theta, k, K, num_samples, generator), marginals(theta, k, K)
+
+
+def sample_and_marginals_given(theta: Tensor, k: Tensor, K: int, u: Tensor):
+    return sample_given(theta, k, K, u), marginals(theta, k, K)
 
 
 def entropy(theta: Tensor, k: Tensor, K: int) -> Tensor:
