@@ -154,9 +154,15 @@ def prepare(logits: Tensor, k: int | Tensor, mask: Tensor | None = None, *, name
     dt = compute_dtype(logits.dtype)
     x = logits.reshape(-1, n).to(dt)
     flat_mask = None if mask is None else mask.reshape(-1, n)
-    k_free, free, forced = ops.canonical(x.detach(), kt.reshape(-1), flat_mask, list(batch_shape), name)
+    x_in, k_in = x.detach(), kt.reshape(-1)
+    k_static = int(k) if isinstance(k, int) else None
+    engine = resolve(device, dt)
+    if ops.direct(x_in, k_in, flat_mask):
+        k_free, free, forced, all_free = ops.canonical_checked(x_in, k_in, flat_mask, batch_shape, name, k_static)
+        if all_free:  # nothing to cut (the common call): skip the where()
+            return Problem(x, k_free, free, forced, free, batch_shape, logits.dtype, engine, k_static)
+    else:
+        k_free, free, forced = ops.canonical(x_in, k_in, flat_mask, list(batch_shape), name, k_static)
     # where() keeps the autograd link for free items and cuts it elsewhere.
     theta = torch.where(free, x, torch.full((), float("-inf"), dtype=dt, device=device))
-    k_static = k if isinstance(k, int) else None
-    engine = resolve(device, dt)
     return Problem(theta, k_free, free, forced, free | forced, batch_shape, logits.dtype, engine, k_static)

@@ -47,6 +47,18 @@ def _eager() -> bool:
     return not torch.compiler.is_compiling()
 
 
+def _apply(fn: type[torch.autograd.Function], *args):
+    """``fn.apply(*args)``, without its per-call ``inspect.signature`` when no torch.func transform is active.
+
+    ``Function.apply`` binds the arguments to ``forward``'s signature (for torch.func's sake) on every call,
+    which costs more than the work on small inputs; every call here passes all arguments positionally, so
+    the binding changes nothing, and outside torch.func the base class's apply is what runs afterwards.
+    """
+    if torch._C._are_functorch_transforms_active():
+        return fn.apply(*args)
+    return super(torch.autograd.Function, fn).apply(*args)  # type: ignore[misc]
+
+
 def _zeros_if_none(t, like: Tensor) -> Tensor:
     return torch.zeros_like(like) if t is None else t
 
@@ -56,7 +68,7 @@ class _LogPartition(torch.autograd.Function):
 
     @staticmethod
     def forward(theta, k, engine):
-        return ops.log_partition(theta, k, engine)
+        return (ops.IMPL["log_partition"] if ops.direct(theta, k) else ops.log_partition)(theta, k, engine)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -80,7 +92,7 @@ class _Marginals(torch.autograd.Function):
 
     @staticmethod
     def forward(theta, k, engine):
-        return ops.marginals(theta, k, engine)
+        return (ops.IMPL["marginals"] if ops.direct(theta, k) else ops.marginals)(theta, k, engine)
 
     setup_context = _LogPartition.setup_context
 
@@ -100,7 +112,7 @@ class _CovVec(torch.autograd.Function):
 
     @staticmethod
     def forward(theta, k, v, engine):
-        return ops.cov_vec(theta, k, v, engine)
+        return (ops.IMPL["cov_vec"] if ops.direct(theta, k, v) else ops.cov_vec)(theta, k, v, engine)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -130,7 +142,7 @@ class _Cov3(torch.autograd.Function):
 
     @staticmethod
     def forward(theta, k, v, w, engine):
-        return ops.cov3(theta, k, v, w, engine)
+        return (ops.IMPL["cov3"] if ops.direct(theta, k, v, w) else ops.cov3)(theta, k, v, w, engine)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -156,7 +168,7 @@ class _Entropy(torch.autograd.Function):
 
     @staticmethod
     def forward(theta, k, engine):
-        return ops.entropy(theta, k, engine)
+        return (ops.IMPL["entropy"] if ops.direct(theta, k) else ops.entropy)(theta, k, engine)
 
     setup_context = _LogPartition.setup_context
 
@@ -178,7 +190,8 @@ class _SampleAndMarginals(torch.autograd.Function):
 
     @staticmethod
     def forward(theta, k, u, engine):
-        return ops.sample_and_marginals(theta, k, u, engine)
+        fn = ops.IMPL["sample_and_marginals"] if ops.direct(theta, k, u) else ops.sample_and_marginals
+        return fn(theta, k, u, engine)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -204,38 +217,39 @@ class _SampleAndMarginals(torch.autograd.Function):
 
 def log_partition(theta: Tensor, k: Tensor, engine: str) -> Tensor:
     """``log Z`` ``[B]``."""
-    return _LogPartition.apply(theta, k, engine) if _eager() else ops.log_partition(theta, k, engine)
+    return _apply(_LogPartition, theta, k, engine) if _eager() else ops.log_partition(theta, k, engine)
 
 
 def marginals(theta: Tensor, k: Tensor, engine: str) -> Tensor:
     """``mu`` ``[B, n]``."""
-    return _Marginals.apply(theta, k, engine) if _eager() else ops.marginals(theta, k, engine)
+    return _apply(_Marginals, theta, k, engine) if _eager() else ops.marginals(theta, k, engine)
 
 
 def cov_vec(theta: Tensor, k: Tensor, v: Tensor, engine: str) -> Tensor:
     """``Cov(z) v`` ``[B, n]``."""
-    return _CovVec.apply(theta, k, v, engine) if _eager() else ops.cov_vec(theta, k, v, engine)
+    return _apply(_CovVec, theta, k, v, engine) if _eager() else ops.cov_vec(theta, k, v, engine)
 
 
 def cov3(theta: Tensor, k: Tensor, v: Tensor, w: Tensor, engine: str) -> Tensor:
     """``sum_jl kappa_ijl v_j w_l`` ``[B, n]``."""
-    return _Cov3.apply(theta, k, v, w, engine) if _eager() else ops.cov3(theta, k, v, w, engine)
+    return _apply(_Cov3, theta, k, v, w, engine) if _eager() else ops.cov3(theta, k, v, w, engine)
 
 
 def entropy(theta: Tensor, k: Tensor, engine: str) -> Tensor:
     """``H`` ``[B]``."""
-    return _Entropy.apply(theta, k, engine) if _eager() else ops.entropy(theta, k, engine)
+    return _apply(_Entropy, theta, k, engine) if _eager() else ops.entropy(theta, k, engine)
 
 
 def sample(theta: Tensor, k: Tensor, u: Tensor, engine: str) -> Tensor:
     """Draws ``[S, B, n]`` int64 from the uniforms ``u`` (not differentiable)."""
-    return ops.sample(theta.detach(), k, u, engine)
+    theta = theta.detach()
+    return (ops.IMPL["sample"] if ops.direct(theta, k, u) else ops.sample)(theta, k, u, engine)
 
 
 def sample_and_marginals(theta: Tensor, k: Tensor, u: Tensor, engine: str) -> tuple[Tensor, Tensor]:
     """Draws ``[S, B, n]`` and differentiable marginals ``[B, n]`` from one pass."""
     if _eager():
-        return _SampleAndMarginals.apply(theta, k, u, engine)
+        return _apply(_SampleAndMarginals, theta, k, u, engine)
     return ops.sample_and_marginals(theta, k, u, engine)
 
 

@@ -63,6 +63,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .numerics import rand
+
 try:  # numba is optional (the ``fast`` extra)
     import numba
 except ImportError:  # pragma: no cover - exercised only without numba
@@ -922,7 +924,7 @@ def _fallback(theta, k, K, want_mu, v, u, ok, z, mu, cov):
 def uniforms(theta: Tensor, num_samples: int, generator=None) -> Tensor:
     """One float64 uniform per item and sample, ``[S, B, n]``, drawn on the CPU."""
     B, n = theta.shape
-    return torch.rand(num_samples, B, n, generator=generator, dtype=torch.float64)
+    return rand((num_samples, B, n), generator, torch.device("cpu"), torch.float64)
 
 
 def log_partition(theta: Tensor, k: Tensor, K: int) -> Tensor:

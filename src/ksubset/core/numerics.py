@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["TILT_ITERATIONS", "tilt", "softplus", "pow2"]
+__all__ = ["TILT_ITERATIONS", "tilt", "softplus", "pow2", "rand"]
 
 #: Newton/bisection iterations for the tilt. The tilt only conditions the arithmetic (any c is exact),
 #: so a rough solution is enough.
@@ -57,6 +57,17 @@ def tilt(theta: Tensor, k: Tensor) -> Tensor:
 def softplus(x: Tensor) -> Tensor:
     """``log(1 + e^x)`` to full precision (``F.softplus`` returns ``x`` above 20, off by ``e^-20``)."""
     return x.clamp(min=0) + torch.log1p(torch.exp(-x.abs()))
+
+
+def rand(shape: tuple, generator: torch.Generator | None, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """``torch.rand(shape)`` from ``generator`` (None: the global generator).
+
+    ``generator=None`` is not passed on: ``torch.rand``'s generator overload does not take the symbolic sizes
+    of ``torch.compile`` with dynamic shapes.
+    """
+    if generator is None:
+        return torch.rand(shape, device=device, dtype=dtype)
+    return torch.rand(shape, generator=generator, device=device, dtype=dtype)
 
 
 def pow2(n: int) -> int:

@@ -7,8 +7,8 @@ data-dependent parts (``K = max(k)``, the validation's host checks) never enter 
 =================================================================  =========================================
 operator                                                           returns
 =================================================================  =========================================
-``canonical(x, k, mask?, batch_shape, name) -> (k_free, free,      validates (raises ``ValueError`` naming
-forced)``                                                          the row) and reduces ``±inf``/masked items
+``canonical(x, k, mask?, batch_shape, name, k_static?) -> (k_free,      validates (raises ``ValueError`` naming
+free, forced)``                                                    the row) and reduces ``±inf``/masked items
 ``log_partition(theta, k, engine) -> [B]``                         ``log Z``; d/dtheta = ``marginals``
 ``marginals(theta, k, engine) -> [B, n]``                          ``mu``; vjp/jvp = ``cov_vec``
 ``cov_vec(theta, k, v, engine) -> [B, n]``                         ``Cov(z) v``; d/dtheta = ``cov3``
@@ -81,22 +81,31 @@ def _row_of(flat_index: int, batch_shape: Sequence[int]) -> tuple[int, ...]:
     return tuple(reversed(idx))
 
 
-@torch.library.custom_op("ksubset::canonical", mutates_args=())
-def canonical(
-    x: Tensor, k: Tensor, mask: Tensor | None, batch_shape: Sequence[int], name: str
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``x [B, n]`` float, ``k [B]`` int64, ``mask [B, n]`` bool or None → ``(k_free [B], free, forced)``.
+def direct(*tensors: Tensor | None) -> bool:
+    """Whether a call may run an operator's implementation directly, skipping the dispatcher.
 
-    Raises ``ValueError`` (naming ``name`` and the row in ``batch_shape``) for NaN logits, ``k`` larger than
-    a row's available items, or more ``+inf`` items than ``k``.
+    True in plain eager mode (not compiling, no ``torch.func`` transform wrapping the inputs): there the
+    operator would call the same implementation, and the Python dispatch of a custom operator costs more
+    than the work on small inputs. Checked in this order so that Dynamo never evaluates the second test.
     """
+    if torch.compiler.is_compiling():
+        return False
+    return not any(t is not None and _is_wrapped(t) for t in tensors)
+
+
+_is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+
+
+def canonical_checked(
+    x: Tensor, k: Tensor, mask: Tensor | None, batch_shape: Sequence[int], name: str, k_static: int | None
+) -> tuple[Tensor, Tensor, Tensor, bool]:
+    """The implementation of ``canonical``, plus whether every item is free (the common call)."""
     B, n = x.shape
-    if mask is None and B > 0:
-        # The common call (every logit finite, 0 <= k <= n): two reductions, one host sync.
-        lo_hi = torch.stack([k.min(), k.max()]).tolist()
-        if lo_hi[0] >= 0 and lo_hi[1] <= n and bool(torch.isfinite(x).all()):
+    if mask is None and B > 0 and k_static is not None and 0 <= k_static <= n:
+        # The common call (an int k <= n, every logit finite): one reduction, one host sync.
+        if bool(torch.isfinite(x).all()):
             free = torch.ones((B, n), dtype=torch.bool, device=x.device)
-            return k.clone(), free, ~free
+            return k.clone(), free, ~free, True
     avail = x != float("-inf")
     if mask is not None:
         avail = avail & mask
@@ -108,11 +117,26 @@ def canonical(
     bad = isnan.any(-1) | (k < 0) | (k > n_avail) | (n_forced > k)
     if B > 0 and bool(bad.any()):
         _raise_first_problem(isnan, k, n_avail, n_forced, list(batch_shape), name)
-    return k - n_forced, free, forced
+    return k - n_forced, free, forced, False
+
+
+def _canonical(
+    x: Tensor, k: Tensor, mask: Tensor | None, batch_shape: Sequence[int], name: str, k_static: int | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``x [B, n]`` float, ``k [B]`` int64, ``mask [B, n]`` bool or None → ``(k_free [B], free, forced)``.
+
+    Raises ``ValueError`` (naming ``name`` and the row in ``batch_shape``) for NaN logits, ``k`` larger than
+    a row's available items, or more ``+inf`` items than ``k``. ``k_static``: ``k`` when the caller gave
+    one Python int (every row's), which allows a cheaper check.
+    """
+    return canonical_checked(x, k, mask, batch_shape, name, k_static)[:3]
+
+
+canonical = torch.library.custom_op("ksubset::canonical", mutates_args=())(_canonical)
 
 
 @canonical.register_fake
-def _(x, k, mask, batch_shape, name):
+def _(x, k, mask, batch_shape, name, k_static):
     B, n = x.shape
     return k.new_empty((B,)), x.new_empty((B, n), dtype=torch.bool), x.new_empty((B, n), dtype=torch.bool)
 
@@ -210,6 +234,18 @@ entropy = _define("entropy", _entropy, _row_fake)
 sample = _define("sample", _sample, _sample_fake)
 sample_and_marginals = _define("sample_and_marginals", _sample_and_marginals, _sample_and_marginals_fake)
 
+#: The implementations behind the operators (what :func:`direct` calls run).
+IMPL = {
+    "canonical": _canonical,
+    "log_partition": _log_partition,
+    "marginals": _marginals,
+    "cov_vec": _cov_vec,
+    "cov3": _cov3,
+    "entropy": _entropy,
+    "sample": _sample,
+    "sample_and_marginals": _sample_and_marginals,
+}
+
 #: Every registered operator (for ``torch.library.opcheck``).
 OPS = {
     "canonical": canonical,
@@ -266,11 +302,11 @@ for _op in (log_partition, marginals, cov_vec, cov3, entropy):
     torch.library.register_vmap(_op, _vmap_rows(_op))
 
 
-def _canonical_vmap(info, in_dims, x, k, mask, batch_shape, name):
+def _canonical_vmap(info, in_dims, x, k, mask, batch_shape, name, k_static):
     V = info.batch_size
     out = canonical(
         _fold_rows(x, in_dims[0], V), _fold_rows(k, in_dims[1], V), _fold_rows(mask, in_dims[2], V),
-        [V, *batch_shape], name,
+        [V, *batch_shape], name, k_static,
     )
     return tuple(_unfold(o, V) for o in out), (0, 0, 0)
 

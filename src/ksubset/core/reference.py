@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .numerics import rand
+
 __all__ = [
     "log_partition",
     "marginals",
@@ -92,7 +94,7 @@ def cov3(theta: Tensor, k: Tensor, K: int, v: Tensor, w: Tensor) -> Tensor:
 def uniforms(theta: Tensor, num_samples: int, generator=None) -> Tensor:
     """One uniform per item and sample, ``[S, B, n]`` in the logits' dtype."""
     B, n = theta.shape
-    return torch.rand(num_samples, B, n, generator=generator, device=theta.device, dtype=theta.dtype)
+    return rand((num_samples, B, n), generator, theta.device, theta.dtype)
 
 
 def sample(theta: Tensor, k: Tensor, K: int, num_samples: int, generator=None) -> Tensor:

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .numerics import pow2, softplus, tilt
+from .numerics import pow2, rand, softplus, tilt
 
 __all__ = [
     "tilt",
@@ -254,7 +254,7 @@ def uniforms(theta: Tensor, num_samples: int, generator=None) -> Tensor:
     B, n = theta.shape
     N = pow2(n)
     S = num_samples
-    flat = torch.rand(S * B * (N - 1), generator=generator, device=theta.device, dtype=theta.dtype)
+    flat = rand((S * B * (N - 1),), generator, theta.device, theta.dtype)
     parts, offset, M = [], 0, 1
     while M < N:
         parts.append(flat[offset : offset + S * B * M].view(S, B, M))
