@@ -48,7 +48,8 @@ def fullgraph_functions() -> None:
             for f in (fn, compiled):
                 torch.manual_seed(B)
                 y = f(x)
-                g = torch.autograd.grad((y * weights).sum(), x)[0] if y.requires_grad else None
+                w = weights if y.dim() == 2 else 1.0
+                g = torch.autograd.grad((y * w).sum(), x)[0] if y.requires_grad else None
                 out.append((y.detach(), g))
             ok = torch.equal(out[0][0], out[1][0]) if name in ("sample", "simple") else torch.allclose(
                 out[0][0], out[1][0], rtol=1e-5, atol=1e-6
@@ -56,6 +57,14 @@ def fullgraph_functions() -> None:
             if out[0][1] is not None:
                 ok = ok and torch.allclose(out[0][1], out[1][1], rtol=1e-5, atol=1e-6)
             emit(f"fullgraph:{name}", B, ok)
+        if name == "marginals":  # validation runs inside the compiled graph (the canonical operator)
+            bad = torch.randn(4, N)
+            bad[2, 5] = float("nan")
+            try:
+                compiled(bad)
+                emit("fullgraph:validation", 4, False, "no error")
+            except ValueError as e:
+                emit("fullgraph:validation", 4, "contains NaN in row (2,)" in str(e), str(e))
 
 
 def layer_models() -> None:

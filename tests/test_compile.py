@@ -45,6 +45,11 @@ def test_fullgraph_equals_eager(results, name):
     assert all(r["ok"] for r in rows), rows
 
 
+def test_validation_raises_in_compiled_code(results):
+    rows = _checks(results, "fullgraph:validation")
+    assert all(r["ok"] for r in rows), rows
+
+
 def test_every_pathwise_estimator_compiles_in_a_layer(results):
     rows = _checks(results, "layer:")
     names = {r["check"].split(":", 1)[1] for r in rows}

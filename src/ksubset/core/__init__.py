@@ -5,7 +5,7 @@ the reduction of ``±inf``/masked items to a free-item problem.
 """
 
 from ._problem import Problem, prepare
-from .engine import Engine, available_engines, default_engine, set_engine, use_engine
+from .engine import Engine, available_engines, default_engine, engine_module, set_engine, use_engine
 from .inference import (
     entropy,
     kl_divergence,
@@ -22,6 +22,7 @@ __all__ = [
     "Engine",
     "Problem",
     "default_engine",
+    "engine_module",
     "use_engine",
     "prepare",
     "available_engines",

@@ -33,11 +33,13 @@ operators in ``autograd.Function``\\ s that add forward mode (``jvp``) for eager
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from types import ModuleType
 
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import _disable_current_modes
 
 from .engine import default_engine, engine_module
 from .numerics import tilt
@@ -172,8 +174,47 @@ def _raise_first_problem(isnan, kf, n_avail, n_forced, batch_shape, name) -> Non
 # the differentiable primitives (device-agnostic implementations; the CPU ones below also run ``kernels``)
 
 
+def _opaque(fn):
+    """Run an implementation with the Python dispatch modes that intercepted the operator switched off.
+
+    The operator is opaque: a mode (AOTAutograd's runtime checks, opcheck's schema check) has already seen
+    the call, and must not see the engine's inner work — the tree and reference engines use ``torch.func``
+    (forward-mode duals, nested grad) inside, which fails under such a mode or below the autograd keys.
+    """
+
+    @functools.wraps(fn)
+    def run(*args):
+        with _disable_current_modes(), _autograd_dispatch_on():
+            return fn(*args)
+
+    return run
+
+
+def _autograd_dispatch_on():
+    """Undo the registered autograd kernel's "below autograd" guard for the engine's own ``torch.func`` use.
+
+    The operator's autograd kernel runs the implementation with the autograd dispatch keys excluded; the
+    engines' forward-mode duals (``make_dual``) then hit an internal assertion. Re-including the keys only
+    affects the engine's private computation (its inputs carry no autograd history here).
+    """
+    include = torch._C._dispatch_tls_local_include_set()
+    exclude = torch._C._dispatch_tls_local_exclude_set() - _AUTOGRAD_KEYS
+    return torch._C._ForceDispatchKeyGuard(include, exclude)
+
+
+def _keys(*names: str) -> torch._C.DispatchKeySet:
+    out = torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, names[0]))
+    for name in names[1:]:
+        out = out | torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, name))
+    return out
+
+
+#: What ``_AutoDispatchBelowAutograd`` excludes (the autograd functionality keys), nothing else.
+_AUTOGRAD_KEYS = _keys("AutogradFunctionality", "AutogradOther", "AutogradNestedTensor")
+
+
 def _define(name: str, fn, fake):
-    op = torch.library.custom_op(f"ksubset::{name}", mutates_args=())(fn)
+    op = torch.library.custom_op(f"ksubset::{name}", mutates_args=())(_opaque(fn))
     op.register_fake(fake)
     return op
 
@@ -183,18 +224,18 @@ def _log_partition(theta: Tensor, k: Tensor, engine: str) -> Tensor:
 
 
 def _marginals(theta: Tensor, k: Tensor, engine: str) -> Tensor:
-    return _engine(engine, theta.device).marginals(theta, k, _K(k))
+    return _engine(engine, theta.device).marginals(theta, k, _K(k)).contiguous()
 
 
 def _cov_vec(theta: Tensor, k: Tensor, v: Tensor, engine: str) -> Tensor:
-    return _engine(engine, theta.device).cov_vec(theta, k, _K(k), v.contiguous())
+    return _engine(engine, theta.device).cov_vec(theta, k, _K(k), v.contiguous()).contiguous()
 
 
 def _cov3(theta: Tensor, k: Tensor, v: Tensor, w: Tensor, engine: str) -> Tensor:
     eng = _engine(engine, theta.device)
     if not hasattr(eng, "cov3"):
         eng = engine_module("tree")
-    return eng.cov3(theta, k, _K(k), v, w)
+    return eng.cov3(theta, k, _K(k), v, w).contiguous()
 
 
 def _entropy(theta: Tensor, k: Tensor, engine: str) -> Tensor:
@@ -202,12 +243,12 @@ def _entropy(theta: Tensor, k: Tensor, engine: str) -> Tensor:
 
 
 def _sample(theta: Tensor, k: Tensor, u: Tensor, engine: str) -> Tensor:
-    return _engine(engine, theta.device).sample_given(theta, k, _K(k), u)
+    return _engine(engine, theta.device).sample_given(theta, k, _K(k), u).contiguous()
 
 
 def _sample_and_marginals(theta: Tensor, k: Tensor, u: Tensor, engine: str) -> tuple[Tensor, Tensor]:
     z, mu = _engine(engine, theta.device).sample_and_marginals_given(theta, k, _K(k), u)
-    return z, mu
+    return z.contiguous(), mu.contiguous()  # the layout the fake implementations promise
 
 
 def _row_fake(theta, *args):
@@ -268,14 +309,15 @@ def _fold_rows(x: Tensor | None, d: int | None, V: int) -> Tensor | None:
     if x is None:
         return None
     x = x.movedim(d, 0) if d is not None else x.unsqueeze(0).expand(V, *x.shape)
-    return x.reshape(V * x.shape[1], *x.shape[2:])
+    # contiguous: an expanded (unbatched) input would otherwise stay a stride-0 view
+    return x.reshape(V * x.shape[1], *x.shape[2:]).contiguous()
 
 
 def _fold_uniforms(u: Tensor, d: int | None, V: int) -> Tensor:
     """``u [S, B, X]`` with a vmapped dim → ``[S, V * B, X]`` (one row's uniforms stay that row's)."""
     u = u.movedim(d, 0) if d is not None else u.unsqueeze(0).expand(V, *u.shape)
     u = u.movedim(0, 1)
-    return u.reshape(u.shape[0], V * u.shape[2], *u.shape[3:])
+    return u.reshape(u.shape[0], V * u.shape[2], *u.shape[3:]).contiguous()
 
 
 def _unfold(y: Tensor, V: int, row_dim: int = 0) -> Tensor:

@@ -1,7 +1,7 @@
 """Reference engine: the original sequential algorithm, kept as test oracle and benchmark baseline.
 
 * ``a[i][j] = log e_j(exp theta_1..i)`` built one item at a time in log space (``n`` sequential steps);
-* marginals by autograd of ``a[n][k]``; covariance-vector products by double backward (``torch.func``);
+* marginals by autograd of ``a[n][k]``; covariance-vector products by double backward;
 * exact sampling by walking the table backwards, item by item:
   ``Pr(z_i = 1 | j still needed) = exp(theta_i + a[i-1][j-1] - a[i][j])``.
 
@@ -62,20 +62,20 @@ def log_partition(theta: Tensor, k: Tensor, K: int) -> Tensor:
     return _log_z(theta, k, K)
 
 
-def _mu_fn(k: Tensor, K: int):
-    """``theta -> d log Z / d theta`` (torch.func, which also works inside an operator's implementation,
-    where the autograd dispatch keys are switched off)."""
-    return torch.func.grad(lambda t: _log_z(t, k, K).sum())
-
-
 def marginals(theta: Tensor, k: Tensor, K: int) -> Tensor:
-    return _mu_fn(k, K)(theta.detach())
+    with torch.enable_grad():
+        t = theta.detach().requires_grad_(True)
+        (mu,) = torch.autograd.grad(_log_z(t, k, K).sum(), t)
+    return mu.detach()
 
 
 def cov_vec(theta: Tensor, k: Tensor, K: int, v: Tensor) -> Tensor:
-    v = torch.where(torch.isfinite(theta), v, 0.0)
-    mu = _mu_fn(k, K)
-    return torch.func.grad(lambda t: (mu(t) * v).sum())(theta.detach())
+    with torch.enable_grad():
+        t = theta.detach().requires_grad_(True)
+        (mu,) = torch.autograd.grad(_log_z(t, k, K).sum(), t, create_graph=True)
+        v = torch.where(torch.isfinite(theta), v, 0.0)
+        (hv,) = torch.autograd.grad((mu * v).sum(), t)
+    return hv.detach()
 
 
 def cov3(theta: Tensor, k: Tensor, K: int, v: Tensor, w: Tensor) -> Tensor:
@@ -83,12 +83,12 @@ def cov3(theta: Tensor, k: Tensor, K: int, v: Tensor, w: Tensor) -> Tensor:
     finite = torch.isfinite(theta)
     v = torch.where(finite, v, 0.0)
     w = torch.where(finite, w, 0.0)
-    mu = _mu_fn(k, K)
-
-    def hv(t: Tensor) -> Tensor:
-        return torch.func.grad(lambda s: (mu(s) * v).sum())(t)
-
-    return torch.func.grad(lambda t: (hv(t) * w).sum())(theta.detach())
+    with torch.enable_grad():
+        t = theta.detach().requires_grad_(True)
+        (mu,) = torch.autograd.grad(_log_z(t, k, K).sum(), t, create_graph=True)
+        (hv,) = torch.autograd.grad((mu * v).sum(), t, create_graph=True)
+        (h3,) = torch.autograd.grad((hv * w).sum(), t)
+    return h3.detach()
 
 
 def uniforms(theta: Tensor, num_samples: int, generator=None) -> Tensor:

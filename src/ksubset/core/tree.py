@@ -208,18 +208,18 @@ def cov_vec(theta: Tensor, k: Tensor, K: int, v: Tensor) -> Tensor:
 def cov3(theta: Tensor, k: Tensor, K: int, v: Tensor, w: Tensor) -> Tensor:
     """The third cumulant contracted with two vectors, ``sum_jl kappa_ijl v_j w_l``, ``[B, n]``.
 
-    ``= d/de [Cov(z) v](theta + e w)``: forward mode over the forward-mode covariance-vector product (the
-    tilt is held fixed, which is exact: the marginals do not depend on it).
+    ``= d/dtheta [w · Cov(z) v]`` (kappa is symmetric): reverse mode over the forward-mode
+    covariance-vector product (the tilt is held fixed, which is exact: the marginals do not depend on it).
     """
     c = tilt(theta, k)
     finite = torch.isfinite(theta)
     v = torch.where(finite, v, 0.0)
     w = torch.where(finite, w, 0.0)
-
-    def cov_v(t: Tensor) -> Tensor:
-        return torch.func.jvp(lambda s: _marginals_given_tilt(s, k, K, c), (t,), (v,))[1]
-
-    return torch.func.jvp(cov_v, (theta,), (w,))[1]
+    with torch.enable_grad():
+        t = theta.detach().requires_grad_(True)
+        _, cv = torch.func.jvp(lambda s: _marginals_given_tilt(s, k, K, c), (t,), (v,))
+        (out,) = torch.autograd.grad((cv * w).sum(), t)
+    return torch.where(finite, out, 0.0)
 
 
 def _sample_from(levels, k: Tensor, n: int, u: Tensor) -> Tensor:
