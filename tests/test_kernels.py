@@ -16,7 +16,7 @@ import torch
 pytest.importorskip("numba")
 
 import ksubset  # noqa: E402
-from ksubset.core import functions, kernels, reference, set_engine, tree  # noqa: E402
+from ksubset.core import functions, kernels, reference, tree, use_engine  # noqa: E402
 
 SCALES = [0.01, 1.0, 30.0, 1000.0]
 
@@ -251,16 +251,13 @@ def test_dispatch_and_public_api():
     theta = torch.randn(4, 80, dtype=torch.float64, generator=torch.Generator().manual_seed(2)) * 3
     g = torch.randn(4, 80, dtype=torch.float64)
     grads = {}
-    try:
-        for name in ["kernels", "tree"]:
-            set_engine(name)
+    for name in ["kernels", "tree"]:
+        with use_engine(name):
             t = theta.clone().requires_grad_(True)
             z = ksubset.simple(t, 7, generator=torch.Generator().manual_seed(0))
             assert torch.equal(z.sum(-1), torch.full((4,), 7.0, dtype=torch.float64))
             z.backward(g)
             grads[name] = t.grad
-    finally:
-        set_engine(None)
     torch.testing.assert_close(grads["kernels"], grads["tree"], rtol=1e-8, atol=1e-10)
 
 

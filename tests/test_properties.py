@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ksubset
-from ksubset.core import available_engines, set_engine
+from ksubset.core import available_engines, use_engine
 
 
 @st.composite
@@ -43,8 +43,7 @@ def problems(draw):
 @given(problems())
 def test_outputs_and_gradients_are_sane(problem):
     theta, k, mask, engine = problem
-    set_engine(engine)
-    try:
+    with use_engine(engine):
         t = theta.clone().requires_grad_(True)
         mu = ksubset.marginals(t, k, mask)
         mu32 = mu.float()
@@ -73,5 +72,3 @@ def test_outputs_and_gradients_are_sane(problem):
         t.grad = None
         (h.sum() + lz.sum()).backward()
         assert torch.isfinite(t.grad.float()).all()
-    finally:
-        set_engine(None)

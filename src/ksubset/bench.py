@@ -9,7 +9,7 @@ after two warm-up runs each) and the median of at least 5 runs is reported, so t
 during the measurement affects every method alike. Methods:
 
 * ``reference`` / ``tree`` / ``auto`` — :func:`ksubset.simple` with the engine forced by
-  :func:`ksubset.core.set_engine` (``auto`` is the default dispatch: the compiled kernel on CPU when numba is
+  :func:`ksubset.core.use_engine` (``auto`` is the default dispatch: the compiled kernel on CPU when numba is
   installed, else the tree);
 * ``st_relaxed_topk`` — Xie & Ermon's relaxed top-k (k successive softmaxes of Gumbel-perturbed logits with
   ``alpha <- alpha + log(1 - a)``), hard top-k forward by straight-through; ``relaxed_topk`` — the same
@@ -17,6 +17,11 @@ during the measurement affects every method alike. Methods:
   MAPs. These come from :mod:`ksubset.estimators` when it provides them, else from small private versions;
 * ``st_relaxed_topk_lean`` / ``relaxed_topk_lean`` — minimal versions of the two relaxations (no argument
   checks, masks or per-row k): the cheapest a user could write them, the stricter comparison.
+
+*Compiled models* (``--no-compile`` skips them): on the L2X shape, a small model (a linear layer giving the
+logits, the estimator, a fixed linear read-out) trained one step at a time, eager and under
+``torch.compile`` (inductor), with ``simple`` and with ``st_relaxed_topk``; the global generator supplies the
+noise, so each compiled step is one graph (forward and backward).
 
 Also reported: the peak resident memory of a fresh process while it runs the case (sampled every 5 ms; the
 resident size before the case — interpreter, torch, numba, inputs — next to it; ``ru_maxrss`` is not used
@@ -147,11 +152,8 @@ def _estimator(method: str) -> Callable:
         engine = None if method == "auto" else method
 
         def run(x, k, generator):
-            core.set_engine(engine)
-            try:
+            with core.use_engine(engine):
                 return ksubset.simple(x, k, generator=generator)
-            finally:
-                core.set_engine(None)
 
         return run
     fn = {"st_relaxed_topk_lean": _private_st_relaxed_topk, "relaxed_topk_lean": _private_relaxed_topk}.get(
@@ -216,20 +218,14 @@ def _engine_name(B: int, n: int, device: str) -> str:
 
 def _max_dmu(method: str, x: torch.Tensor, k: int, mu64: torch.Tensor) -> float:
     engine = None if method == "auto" else method
-    core.set_engine(engine)
-    try:
+    with core.use_engine(engine):
         mu = ksubset.marginals(x.detach().float(), k)
-    finally:
-        core.set_engine(None)
     return float((mu.double() - mu64).abs().max())
 
 
 def _mu64(x: torch.Tensor, k: int, engine: str) -> torch.Tensor:
-    core.set_engine(engine)
-    try:
+    with core.use_engine(engine):
         return ksubset.marginals(x.detach().double(), k)
-    finally:
-        core.set_engine(None)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -411,6 +407,61 @@ def _main_table(args, log) -> list[dict]:
                 r["ratio_to_relaxed_topk_lean"] = r["median_s"] / by["relaxed_topk_lean"]
                 r["reference_over_this"] = by["reference"] / r["median_s"]
                 log(_fmt_row(r))
+    return rows
+
+
+#: The compiled-model rows: (shape name, estimator) on the L2X shape.
+COMPILED = ["simple", "st_relaxed_topk"]
+
+
+def _model_step(method: str, B: int, n: int, k: int, device: str, compiled: bool):
+    """One training step (forward + backward) of ``linear -> estimator -> read-out``, eager or compiled."""
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(B, n, generator=g).to(device)
+    readout = torch.randn(n, generator=g).to(device)
+    layer = torch.nn.Linear(n, n).to(device)
+    est = ksubset.simple if method == "simple" else _baselines()[0][method]
+
+    def loss_fn(x):
+        z = est(layer(x), k)
+        return (z * readout).sum()
+
+    fn = torch.compile(loss_fn) if compiled else loss_fn
+
+    def step():
+        layer.zero_grad(set_to_none=True)
+        fn(feats).backward()
+
+    return step
+
+
+def _compiled(args, log) -> list[dict]:
+    """Compiled against eager models with ``simple`` and ``st_relaxed_topk`` on the L2X shape."""
+    name, B, n, k = SHAPES[0]
+    steps = {}
+    for method in COMPILED:
+        steps[f"{method}/eager"] = _model_step(method, B, n, k, args.device, False)
+        steps[f"{method}/compiled"] = _model_step(method, B, n, k, args.device, True)
+    t0 = time.perf_counter()
+    for step in steps.values():  # compile (and warm up) before timing
+        step()
+    log(f"compiled models ready in {time.perf_counter() - t0:.0f} s")
+    times = _interleaved(
+        steps, args.device, min_runs=dict.fromkeys(steps, 5), max_runs=10 if args.quick else 40,
+        budget_s=1.0 if args.quick else 3.0,
+    )
+    rows = []
+    for label, ts in times.items():
+        rows.append(
+            {"shape": name, "B": B, "n": n, "k": k, "method": label, "engine": _engine_name(B, n, args.device)
+             if label.startswith("simple") else "-", "median_s": statistics.median(ts), "runs": len(ts),
+             "times_s": ts}
+        )
+    # each row against the same kind of model (eager or compiled) with st_relaxed_topk
+    st = {r["method"].split("/")[1]: r["median_s"] for r in rows if r["method"].startswith("st_relaxed_topk")}
+    for r in rows:
+        r["ratio_to_st_relaxed_topk"] = r["median_s"] / st[r["method"].split("/")[1]]
+        log(_fmt_row(r))
     return rows
 
 
@@ -716,6 +767,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-memory", action="store_true", help="skip the per-case peak-memory subprocesses")
     parser.add_argument("--no-large", action="store_true", help="skip n=1e6 (k=1000) and n=1e5 (k=1e4)")
     parser.add_argument("--no-growth", action="store_true", help="skip the growth study and its plot")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile model rows")
     from .experiments.common import int_arg
 
     parser.add_argument(
@@ -756,13 +808,14 @@ def main(argv: list[str] | None = None) -> int:
     main_rows = _main_table(args, log)
     large = [] if args.no_large else _large(args, log)
     growth = {} if args.no_growth else _growth(args, log)
+    compiled = [] if args.no_compile else _compiled(args, log)
     targets = _targets(main_rows, large, growth)
     with contextlib.suppress(OSError, AttributeError):
         meta["loadavg_end"] = os.getloadavg()
     meta["wall_s"] = time.perf_counter() - t0
 
     print()
-    print(_table(main_rows + large))
+    print(_table(main_rows + large + compiled))
     print()
     print("targets (issue 3):")
     for t in targets:
@@ -771,7 +824,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  [{'met' if t['met'] else 'NOT met':>7s}] {t['target']}: {vs} (target {t['limit']})")
 
     os.makedirs(args.out, exist_ok=True)
-    result = {"meta": meta, "main": main_rows, "large": large, "growth": growth, "targets": targets}
+    result = {
+        "meta": meta, "main": main_rows, "large": large, "growth": growth, "compiled": compiled, "targets": targets
+    }
     _atomic_write(os.path.join(args.out, "bench.json"), json.dumps(result, indent=1).encode())
     msg = None if not growth else _plot(growth, os.path.join(args.out, "growth.png"), meta)
     print(

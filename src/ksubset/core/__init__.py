@@ -5,7 +5,7 @@ the reduction of ``±inf``/masked items to a free-item problem.
 """
 
 from ._problem import Problem, prepare
-from .functions import available_engines, set_engine
+from .engine import Engine, available_engines, default_engine, engine_module, set_engine, use_engine
 from .inference import (
     entropy,
     kl_divergence,
@@ -19,7 +19,11 @@ from .inference import (
 )
 
 __all__ = [
+    "Engine",
     "Problem",
+    "default_engine",
+    "engine_module",
+    "use_engine",
     "prepare",
     "available_engines",
     "entropy",

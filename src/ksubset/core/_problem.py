@@ -8,6 +8,10 @@ Every public function goes through :func:`prepare`, which
   never selected, forced ones (``+inf`` logits) are always selected, so the remaining *free* items carry a
   reduced requirement ``k_free = k - #forced``.
 
+The checks that need the values (NaN, ``k`` against each row's available and forced items) run inside the
+operator ``ksubset::canonical`` (:mod:`.ops`): opaque to ``torch.compile``, so they run, and raise, with the
+compiled code too, without breaking its graph.
+
 The engines (``reference``, ``tree``, ``kernels``) only ever see the canonical problem: free items have
 finite logits, every other item has logit ``-inf``, and ``0 <= k_free <= #free`` holds in every row.
 """
@@ -19,6 +23,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from . import ops
+from .engine import resolve
 
 __all__ = ["Problem", "prepare", "compute_dtype", "check_generator"]
 
@@ -41,9 +48,10 @@ class Problem:
         free: ``[B, n]`` bool, items that are neither forced nor unavailable.
         forced: ``[B, n]`` bool, items that are always selected (``+inf`` logits that are available).
         available: ``[B, n]`` bool, items that may be selected (free or forced).
-        k_max: ``max(k)`` as a Python int (the truncation length of every count table is ``k_max + 1``).
         batch_shape: the caller's batch shape (``logits.shape[:-1]``).
         dtype: the caller's dtype (outputs are cast back to it).
+        engine: the name of the engine that runs (resolved when the problem is prepared).
+        k_static: the caller's ``k`` when it was a Python int (every row's full ``k``), else None.
     """
 
     theta: Tensor
@@ -51,27 +59,25 @@ class Problem:
     free: Tensor
     forced: Tensor
     available: Tensor
-    k_max: int
     batch_shape: torch.Size
     dtype: torch.dtype
+    engine: str = "auto"
+    k_static: int | None = None
 
     @property
     def n(self) -> int:
         return self.theta.shape[-1]
+
+    @property
+    def k_max(self) -> int:
+        """``max(k)`` as a Python int (a host sync; the operators compute it themselves)."""
+        return int(self.k.max()) if self.k.numel() else 0
 
     def unflatten(self, x: Tensor, event_dims: int = 1) -> Tensor:
         """``[..., B, *event]`` → ``[..., *batch_shape, *event]`` (event_dims trailing dims are kept)."""
         lead = x.shape[: x.dim() - 1 - event_dims]
         event = x.shape[x.dim() - event_dims :]
         return x.reshape(*lead, *self.batch_shape, *event)
-
-
-def _row_of(flat_index: int, batch_shape: torch.Size) -> tuple[int, ...]:
-    idx = []
-    for size in reversed(batch_shape):
-        idx.append(flat_index % size)
-        flat_index //= size
-    return tuple(reversed(idx))
 
 
 def check_logits(logits: object, name: str = "logits") -> Tensor:
@@ -153,60 +159,16 @@ def prepare(logits: Tensor, k: int | Tensor, mask: Tensor | None = None, *, name
 
     dt = compute_dtype(logits.dtype)
     x = logits.reshape(-1, n).to(dt)
-    kf = kt.reshape(-1)
-    B = x.shape[0]
-
-    # Fast path for the common call (no mask, an int k <= n, every logit finite): one reduction and one
-    # host sync instead of a dozen tensor ops. check_k has already rejected k < 0.
-    if mask is None and isinstance(k, int) and B > 0 and k <= n:
-        with torch.no_grad():
-            all_finite = bool(torch.isfinite(x).all())
-        if all_finite:
-            free = torch.ones((B, n), dtype=torch.bool, device=device)
-            return Problem(x, kf, free, ~free, free, k, batch_shape, logits.dtype)
-
-    with torch.no_grad():
-        avail = x != float("-inf")
-        if mask is not None:
-            avail = avail & mask.reshape(-1, n)
-        forced = avail & (x == float("inf"))
-        free = avail & ~forced
-        isnan = torch.isnan(x)
-        n_avail = avail.sum(-1)
-        n_forced = forced.sum(-1)
-        bad = isnan.any(-1) | (kf < 0) | (kf > n_avail) | (n_forced > kf)
-        if B > 0 and bool(bad.any()):
-            _raise_first_problem(isnan, kf, n_avail, n_forced, batch_shape, name)
-        k_free = kf - n_forced
-        k_max = int(k_free.max()) if B > 0 else 0
-
+    flat_mask = None if mask is None else mask.reshape(-1, n)
+    x_in, k_in = x.detach(), kt.reshape(-1)
+    k_static = int(k) if isinstance(k, int) else None
+    engine = resolve(device, dt)
+    if ops.direct(x_in, k_in, flat_mask):
+        k_free, free, forced, all_free = ops.canonical_checked(x_in, k_in, flat_mask, batch_shape, name, k_static)
+        if all_free:  # nothing to cut (the common call): skip the where()
+            return Problem(x, k_free, free, forced, free, batch_shape, logits.dtype, engine, k_static)
+    else:
+        k_free, free, forced = ops.canonical(x_in, k_in, flat_mask, list(batch_shape), name, k_static)
     # where() keeps the autograd link for free items and cuts it elsewhere.
     theta = torch.where(free, x, torch.full((), float("-inf"), dtype=dt, device=device))
-    return Problem(theta, k_free, free, forced, avail, k_max, batch_shape, logits.dtype)
-
-
-def _raise_first_problem(isnan, kf, n_avail, n_forced, batch_shape, name) -> None:
-    def where(i: int) -> str:
-        return f" in row {_row_of(i, batch_shape)}" if len(batch_shape) else ""
-
-    rows = torch.nonzero(isnan.any(-1)).flatten()
-    if len(rows):
-        i = int(rows[0])
-        raise ValueError(f"{name} contains NaN{where(i)} ({len(rows)} row(s) affected)")
-    rows = torch.nonzero(kf < 0).flatten()
-    if len(rows):
-        i = int(rows[0])
-        raise ValueError(f"k must be >= 0, got k={int(kf[i])}{where(i)}")
-    rows = torch.nonzero(kf > n_avail).flatten()
-    if len(rows):
-        i = int(rows[0])
-        raise ValueError(
-            f"k={int(kf[i])} is larger than the number of available items ({int(n_avail[i])}){where(i)}: "
-            "masked-out items and -inf logits cannot be selected"
-        )
-    rows = torch.nonzero(n_forced > kf).flatten()
-    if len(rows):
-        i = int(rows[0])
-        raise ValueError(
-            f"{name} has {int(n_forced[i])} +inf entries (forced items){where(i)}, more than k={int(kf[i])}"
-        )
+    return Problem(theta, k_free, free, forced, free | forced, batch_shape, logits.dtype, engine, k_static)

@@ -1,140 +1,264 @@
-"""Autograd glue shared by every engine.
+"""Differentiable calls of the core's operators, in eager mode and under ``torch.compile``.
 
-An *engine* is a module with the functions ``log_partition``, ``marginals``, ``cov_vec``, ``sample`` and
-``sample_and_marginals`` on the canonical problem (see :mod:`._problem`), none of which needs autograd.
-Here they become differentiable:
+The operators of :mod:`.ops` carry registered autograd (reverse mode, any order the maths offers), which is
+what ``torch.compile`` traces. Custom operators cannot register forward mode, so in eager mode the same
+operators are wrapped in ``autograd.Function``\\ s that add ``jvp`` (``Cov`` is symmetric: the jvp of the
+marginals is the covariance-vector product) and a generated ``vmap`` rule; that is what ``torch.func.jvp``,
+``jacfwd`` and ``hessian`` need. Dynamo cannot trace an ``autograd.Function`` with a custom ``jvp``, hence
+the two paths; both compute the same values with the same operators and the same derivative formulas
+(:class:`.ops.Derivatives`), and the tests check each.
 
-* ``d log Z / d theta = mu``,
-* ``d mu / d theta = Cov(z)`` — symmetric, so the vector-Jacobian product is ``Cov(z) g``, an ``O(nK)``
-  covariance-vector product (never an ``n × n`` matrix).
-
-Second derivatives of ``log Z`` are supported; third and higher are not.
+Derivatives offered: ``log_partition`` to order 3, ``marginals``/``cov_vec``/``entropy`` to order 2, in
+reverse and forward mode; the next order raises ``RuntimeError`` (never a silently missing term).
 """
 
 from __future__ import annotations
 
-from types import ModuleType
-
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
-from . import reference, tree
+from . import ops
+from .engine import available_engines, resolve, set_engine, use_engine
+from .ops import Derivatives, unsupported_order
 
-__all__ = ["engine_for", "set_engine", "LogPartition", "Marginals", "Entropy", "SampleAndMarginals"]
-
-_ENGINES: dict[str, ModuleType] = {"reference": reference, "tree": tree}
-_forced_engine: str | None = None
-
-
-def _kernels() -> ModuleType | None:
-    try:
-        from . import kernels
-    except ImportError:
-        return None
-    return kernels if kernels.available() else None
-
-
-def available_engines() -> list[str]:
-    names = list(_ENGINES)
-    if _kernels() is not None:
-        names.append("kernels")
-    return names
+__all__ = [
+    "available_engines",
+    "engine_for",
+    "set_engine",
+    "use_engine",
+    "log_partition",
+    "marginals",
+    "cov_vec",
+    "cov3",
+    "entropy",
+    "sample",
+    "sample_and_marginals",
+]
 
 
-def set_engine(name: str | None) -> None:
-    """Force one engine everywhere (``"reference"``, ``"tree"``, ``"kernels"``), or ``None`` for automatic.
+def engine_for(theta: Tensor):
+    """The engine module that runs for ``theta`` now (see :mod:`.engine`)."""
+    from .engine import engine_module
 
-    Meant for tests and benchmarks; the automatic choice is the fastest exact engine for the device.
+    return engine_module(resolve(theta.device, theta.dtype))
+
+
+def _eager() -> bool:
+    return not torch.compiler.is_compiling()
+
+
+def _apply(fn: type[torch.autograd.Function], *args):
+    """``fn.apply(*args)``, without its per-call ``inspect.signature`` when no torch.func transform is active.
+
+    ``Function.apply`` binds the arguments to ``forward``'s signature (for torch.func's sake) on every call,
+    which costs more than the work on small inputs; every call here passes all arguments positionally, so
+    the binding changes nothing, and outside torch.func the base class's apply is what runs afterwards.
     """
-    global _forced_engine
-    if name is not None and name not in available_engines():
-        raise ValueError(f"unknown or unavailable engine {name!r}; available: {available_engines()}")
-    _forced_engine = name
+    if torch._C._are_functorch_transforms_active():
+        return fn.apply(*args)
+    return super(torch.autograd.Function, fn).apply(*args)  # type: ignore[misc]
 
 
-def engine_for(theta: Tensor) -> ModuleType:
-    """The engine used for ``theta``: the compiled CPU kernel where it applies, else the tree."""
-    if _forced_engine == "kernels":
-        return _kernels()  # type: ignore[return-value]
-    if _forced_engine is not None:
-        return _ENGINES[_forced_engine]
-    if theta.device.type == "cpu":
-        kern = _kernels()
-        if kern is not None and kern.supports(theta):
-            return kern
-    return tree
+def _zeros_if_none(t, like: Tensor) -> Tensor:
+    return torch.zeros_like(like) if t is None else t
 
 
-class Marginals(torch.autograd.Function):
-    """``mu = Pr(z = 1)`` ``[B, n]``; backward ``Cov(z) g``."""
+class _LogPartition(torch.autograd.Function):
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, theta: Tensor, k: Tensor, K: int, engine: ModuleType) -> Tensor:
+    def forward(theta, k, engine):
+        return (ops.IMPL["log_partition"] if ops.direct(theta, k) else ops.log_partition)(theta, k, engine)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        theta, k, ctx.engine = inputs
         ctx.save_for_backward(theta, k)
-        ctx.K, ctx.engine = K, engine
-        return engine.marginals(theta.detach(), k, K)
+        ctx.save_for_forward(theta, k)
 
     @staticmethod
-    @once_differentiable
-    def backward(ctx, g: Tensor):
+    def backward(ctx, g):
         theta, k = ctx.saved_tensors
-        return ctx.engine.cov_vec(theta, k, ctx.K, g.contiguous()), None, None, None
-
-
-class LogPartition(torch.autograd.Function):
-    """``log Z`` ``[B]``; backward ``g * mu`` (itself differentiable, so Hessian-vector products work)."""
+        return _D.log_partition(theta, k, ctx.engine, g), None, None
 
     @staticmethod
-    def forward(ctx, theta: Tensor, k: Tensor, K: int, engine: ModuleType) -> Tensor:
+    def jvp(ctx, t_theta, _tk, _te):
+        theta, k = ctx.saved_tensors
+        return (marginals(theta, k, ctx.engine) * _zeros_if_none(t_theta, theta)).sum(-1)
+
+
+class _Marginals(torch.autograd.Function):
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(theta, k, engine):
+        return (ops.IMPL["marginals"] if ops.direct(theta, k) else ops.marginals)(theta, k, engine)
+
+    setup_context = _LogPartition.setup_context
+
+    @staticmethod
+    def backward(ctx, g):
+        theta, k = ctx.saved_tensors
+        return _D.marginals(theta, k, ctx.engine, g), None, None
+
+    @staticmethod
+    def jvp(ctx, t_theta, _tk, _te):
+        theta, k = ctx.saved_tensors
+        return cov_vec(theta, k, _zeros_if_none(t_theta, theta), ctx.engine)
+
+
+class _CovVec(torch.autograd.Function):
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(theta, k, v, engine):
+        return (ops.IMPL["cov_vec"] if ops.direct(theta, k, v) else ops.cov_vec)(theta, k, v, engine)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        theta, k, v, ctx.engine = inputs
+        ctx.save_for_backward(theta, k, v)
+        ctx.save_for_forward(theta, k, v)
+
+    @staticmethod
+    def backward(ctx, g):
+        theta, k, v = ctx.saved_tensors
+        d_theta, d_v = _D.cov_vec(theta, k, v, ctx.engine, g, ctx.needs_input_grad[0], ctx.needs_input_grad[2])
+        return d_theta, None, d_v, None
+
+    @staticmethod
+    def jvp(ctx, t_theta, _tk, t_v, _te):
+        theta, k, v = ctx.saved_tensors
+        out = torch.zeros_like(theta)
+        if t_theta is not None:
+            out = out + cov3(theta, k, v, t_theta, ctx.engine)
+        if t_v is not None:
+            out = out + cov_vec(theta, k, t_v, ctx.engine)
+        return out
+
+
+class _Cov3(torch.autograd.Function):
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(theta, k, v, w, engine):
+        return (ops.IMPL["cov3"] if ops.direct(theta, k, v, w) else ops.cov3)(theta, k, v, w, engine)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, g):
+        raise unsupported_order(
+            "differentiating the third cumulant (order 4 of log_partition; order 3 of marginals, entropy, "
+            "kl_divergence, kl_uniform)"
+        )
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        raise unsupported_order(
+            "forward mode through the third cumulant (order 4 of log_partition; order 3 of marginals, "
+            "entropy, kl_divergence, kl_uniform)"
+        )
+
+
+class _Entropy(torch.autograd.Function):
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(theta, k, engine):
+        return (ops.IMPL["entropy"] if ops.direct(theta, k) else ops.entropy)(theta, k, engine)
+
+    setup_context = _LogPartition.setup_context
+
+    @staticmethod
+    def backward(ctx, g):
+        theta, k = ctx.saved_tensors
+        return _D.entropy(theta, k, ctx.engine, g), None, None
+
+    @staticmethod
+    def jvp(ctx, t_theta, _tk, _te):
+        theta, k = ctx.saved_tensors
+        return _D.entropy(theta, k, ctx.engine, torch.ones_like(theta[:, 0])).mul(
+            _zeros_if_none(t_theta, theta)
+        ).sum(-1)
+
+
+class _SampleAndMarginals(torch.autograd.Function):
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(theta, k, u, engine):
+        fn = ops.IMPL["sample_and_marginals"] if ops.direct(theta, k, u) else ops.sample_and_marginals
+        return fn(theta, k, u, engine)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        theta, k, _u, ctx.engine = inputs
         ctx.save_for_backward(theta, k)
-        ctx.K, ctx.engine = K, engine
-        return engine.log_partition(theta.detach(), k, K)
+        ctx.save_for_forward(theta, k)
+        ctx.mark_non_differentiable(output[0])
 
     @staticmethod
-    def backward(ctx, g: Tensor):
+    def backward(ctx, _gz, g_mu):
         theta, k = ctx.saved_tensors
-        mu = Marginals.apply(theta, k, ctx.K, ctx.engine)
-        return g.unsqueeze(-1) * mu, None, None, None
-
-
-class SampleAndMarginals(torch.autograd.Function):
-    """One pass giving exact draws ``z [S, B, n]`` (not differentiable) and marginals ``mu [B, n]``."""
+        return _D.marginals(theta, k, ctx.engine, g_mu), None, None, None
 
     @staticmethod
-    def forward(ctx, theta: Tensor, k: Tensor, K: int, engine: ModuleType, num_samples: int, generator):
-        z, mu = engine.sample_and_marginals(theta.detach(), k, K, num_samples, generator)
-        ctx.save_for_backward(theta, k)
-        ctx.K, ctx.engine = K, engine
-        ctx.mark_non_differentiable(z)
-        return z, mu
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, _gz, g_mu: Tensor):
+    def jvp(ctx, t_theta, _tk, _tu, _te):
         theta, k = ctx.saved_tensors
-        return ctx.engine.cov_vec(theta, k, ctx.K, g_mu.contiguous()), None, None, None, None, None
+        return None, cov_vec(theta, k, _zeros_if_none(t_theta, theta), ctx.engine)
 
 
-class Entropy(torch.autograd.Function):
-    """Exact entropy ``[B]``; backward ``-g Cov(z) theta``.
+# ----------------------------------------------------------------------------------------------------------
+# the calls the rest of the package uses: the autograd.Functions in eager mode, the operators when compiling
 
-    The value comes from the engine's ``entropy`` when it has one, else from the tree engine's (which sums
-    non-negative terms and so keeps full precision at any logit scale).
-    """
 
-    @staticmethod
-    def forward(ctx, theta: Tensor, k: Tensor, K: int, engine: ModuleType) -> Tensor:
-        ctx.save_for_backward(theta, k)
-        ctx.K, ctx.engine = K, engine
-        value_engine = engine if hasattr(engine, "entropy") else tree
-        return value_engine.entropy(theta.detach(), k, K)
+def log_partition(theta: Tensor, k: Tensor, engine: str) -> Tensor:
+    """``log Z`` ``[B]``."""
+    return _apply(_LogPartition, theta, k, engine) if _eager() else ops.log_partition(theta, k, engine)
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, g: Tensor):
-        theta, k = ctx.saved_tensors
-        # Cov(z) 1 = 0, so any per-row shift of theta gives the same product; the tilt keeps it small.
-        x = theta + tree.tilt(theta, k).unsqueeze(-1)
-        x = torch.where(torch.isfinite(theta), x, 0.0)
-        return -g.unsqueeze(-1) * ctx.engine.cov_vec(theta, k, ctx.K, x), None, None, None
+
+def marginals(theta: Tensor, k: Tensor, engine: str) -> Tensor:
+    """``mu`` ``[B, n]``."""
+    return _apply(_Marginals, theta, k, engine) if _eager() else ops.marginals(theta, k, engine)
+
+
+def cov_vec(theta: Tensor, k: Tensor, v: Tensor, engine: str) -> Tensor:
+    """``Cov(z) v`` ``[B, n]``."""
+    return _apply(_CovVec, theta, k, v, engine) if _eager() else ops.cov_vec(theta, k, v, engine)
+
+
+def cov3(theta: Tensor, k: Tensor, v: Tensor, w: Tensor, engine: str) -> Tensor:
+    """``sum_jl kappa_ijl v_j w_l`` ``[B, n]``."""
+    return _apply(_Cov3, theta, k, v, w, engine) if _eager() else ops.cov3(theta, k, v, w, engine)
+
+
+def entropy(theta: Tensor, k: Tensor, engine: str) -> Tensor:
+    """``H`` ``[B]``."""
+    return _apply(_Entropy, theta, k, engine) if _eager() else ops.entropy(theta, k, engine)
+
+
+def sample(theta: Tensor, k: Tensor, u: Tensor, engine: str) -> Tensor:
+    """Draws ``[S, B, n]`` int64 from the uniforms ``u`` (not differentiable)."""
+    theta = theta.detach()
+    return (ops.IMPL["sample"] if ops.direct(theta, k, u) else ops.sample)(theta, k, u, engine)
+
+
+def sample_and_marginals(theta: Tensor, k: Tensor, u: Tensor, engine: str) -> tuple[Tensor, Tensor]:
+    """Draws ``[S, B, n]`` and differentiable marginals ``[B, n]`` from one pass."""
+    if _eager():
+        return _apply(_SampleAndMarginals, theta, k, u, engine)
+    return ops.sample_and_marginals(theta, k, u, engine)
+
+
+class _FunctionPrimitives:
+    log_partition = staticmethod(log_partition)
+    marginals = staticmethod(marginals)
+    cov_vec = staticmethod(cov_vec)
+    cov3 = staticmethod(cov3)
+    entropy = staticmethod(entropy)
+
+
+_D = Derivatives(_FunctionPrimitives)

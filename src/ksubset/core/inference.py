@@ -19,9 +19,10 @@ from dataclasses import replace
 import torch
 from torch import Tensor
 
+from . import functions
 from ._problem import Problem, check_logits, prepare
-from .functions import Entropy, LogPartition, Marginals, SampleAndMarginals, engine_for
-from .tree import tilt
+from .engine import engine_module
+from .numerics import tilt
 
 __all__ = [
     "log_partition",
@@ -40,12 +41,12 @@ _SampleShape = int | Sequence[int] | torch.Size
 
 def _log_z(P: Problem) -> Tensor:
     """Differentiable ``log Z`` of the free items, ``[B]`` in the compute dtype."""
-    return LogPartition.apply(P.theta, P.k, P.k_max, engine_for(P.theta))
+    return functions.log_partition(P.theta, P.k, P.engine)
 
 
 def _free_marginals(P: Problem) -> Tensor:
     """Differentiable marginals of the free items (0 elsewhere), ``[B, n]`` in the compute dtype."""
-    return Marginals.apply(P.theta, P.k, P.k_max, engine_for(P.theta))
+    return functions.marginals(P.theta, P.k, P.engine)
 
 
 def _theta_or_zero(P: Problem) -> Tensor:
@@ -80,6 +81,15 @@ def _num_samples(sample_shape: _SampleShape) -> tuple[torch.Size, int]:
     return shape, math.prod(shape)
 
 
+def _uniforms(P: Problem, num_samples: int, generator: torch.Generator | None) -> Tensor:
+    """The engine's uniforms for ``num_samples`` draws, from ``generator`` (or the global generator).
+
+    Drawn here, outside the sampling operator, so that the operator is a deterministic function of its
+    inputs; under ``torch.compile`` this ``torch.rand`` is part of the graph (see the README on generators).
+    """
+    return engine_module(P.engine).uniforms(P.theta.detach(), num_samples, generator)
+
+
 def _finish_samples(P: Problem, z: Tensor, sample_shape: torch.Size) -> Tensor:
     z = (z.bool() | P.forced).to(P.dtype)
     return z.reshape(*sample_shape, *P.batch_shape, P.n)
@@ -100,8 +110,7 @@ def sample(
     """
     P = prepare(logits, k, mask)
     shape, S = _num_samples(sample_shape)
-    with torch.no_grad():
-        z = engine_for(P.theta).sample(P.theta.detach(), P.k, P.k_max, S, generator)
+    z = functions.sample(P.theta, P.k, _uniforms(P, S, generator), P.engine)
     return _finish_samples(P, z, shape)
 
 
@@ -120,7 +129,7 @@ def sample_and_marginals(
     """
     P = prepare(logits, k, mask)
     shape, S = _num_samples(sample_shape)
-    z, mu = SampleAndMarginals.apply(P.theta, P.k, P.k_max, engine_for(P.theta), S, generator)
+    z, mu = functions.sample_and_marginals(P.theta, P.k, _uniforms(P, S, generator), P.engine)
     mu = mu + P.forced.to(mu.dtype)
     return _finish_samples(P, z, shape), P.unflatten(mu).to(P.dtype)
 
@@ -188,7 +197,7 @@ def _tilted(P: Problem) -> Problem:
 
 
 def _entropy(P: Problem) -> Tensor:
-    return Entropy.apply(P.theta, P.k, P.k_max, engine_for(P.theta))
+    return functions.entropy(P.theta, P.k, P.engine)
 
 
 def entropy(logits: Tensor, k: int | Tensor, mask: Tensor | None = None) -> Tensor:
@@ -245,7 +254,10 @@ def mode(logits: Tensor, k: int | Tensor, mask: Tensor | None = None) -> Tensor:
     P = prepare(logits, k, mask)
     with torch.no_grad():
         k_full = P.k + P.forced.sum(-1)
-        K = int(k_full.max()) if k_full.numel() else 0
+        if P.k_static is not None:  # no host sync (and nothing data-dependent for torch.compile)
+            K = min(P.k_static, P.n)
+        else:
+            K = int(k_full.max()) if k_full.numel() else 0
         x = torch.where(P.forced, float("inf"), P.theta.detach())
         z = torch.zeros_like(x)
         if K > 0:

@@ -63,6 +63,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .numerics import rand
+
 try:  # numba is optional (the ``fast`` extra)
     import numba
 except ImportError:  # pragma: no cover - exercised only without numba
@@ -75,8 +77,11 @@ __all__ = [
     "marginals",
     "cov_vec",
     "entropy",
+    "uniforms",
     "sample",
+    "sample_given",
     "sample_and_marginals",
+    "sample_and_marginals_given",
 ]
 
 #: Largest forward table (entries, float64, per row in flight) kept whole; larger rows use checkpoints.
@@ -916,9 +921,10 @@ def _fallback(theta, k, K, want_mu, v, u, ok, z, mu, cov):
     return z, mu, cov
 
 
-def _uniforms(theta: Tensor, num_samples: int, generator) -> np.ndarray:
+def uniforms(theta: Tensor, num_samples: int, generator=None) -> Tensor:
+    """One float64 uniform per item and sample, ``[S, B, n]``, drawn on the CPU."""
     B, n = theta.shape
-    return torch.rand(num_samples, B, n, generator=generator, dtype=torch.float64).numpy()
+    return rand((num_samples, B, n), generator, torch.device("cpu"), torch.float64)
 
 
 def log_partition(theta: Tensor, k: Tensor, K: int) -> Tensor:
@@ -961,15 +967,23 @@ def entropy(theta: Tensor, k: Tensor, K: int) -> Tensor:
     return h.to(theta.dtype)
 
 
+def sample_given(theta: Tensor, k: Tensor, K: int, u: Tensor) -> Tensor:
+    """Exact samples ``[S, B, n]`` int64 in {0, 1} from the uniforms ``u [S, B, n]`` of :func:`uniforms`."""
+    z, _, _ = _sweep(theta, k, K, False, None, _as_f64(u))
+    return z
+
+
 def sample(theta: Tensor, k: Tensor, K: int, num_samples: int, generator=None) -> Tensor:
     """Exact samples, ``[S, B, n]`` int64 in {0, 1}, with ``k`` ones on free items of each row."""
-    u = _uniforms(theta, num_samples, generator)
-    z, _, _ = _sweep(theta, k, K, False, None, u)
-    return z
+    return sample_given(theta, k, K, uniforms(theta, num_samples, generator))
+
+
+def sample_and_marginals_given(theta: Tensor, k: Tensor, K: int, u: Tensor):
+    """One forward pass and one sweep shared by a draw ``[S, B, n]`` (from ``u``) and the marginals."""
+    z, mu, _ = _sweep(theta, k, K, True, None, _as_f64(u))
+    return z, mu.to(theta.dtype)
 
 
 def sample_and_marginals(theta: Tensor, k: Tensor, K: int, num_samples: int, generator=None):
     """One forward pass and one sweep shared by a draw ``[S, B, n]`` and the marginals ``[B, n]``."""
-    u = _uniforms(theta, num_samples, generator)
-    z, mu, _ = _sweep(theta, k, K, True, None, u)
-    return z, mu.to(theta.dtype)
+    return sample_and_marginals_given(theta, k, K, uniforms(theta, num_samples, generator))

@@ -14,7 +14,21 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["log_partition", "marginals", "cov_vec", "entropy", "sample", "sample_and_marginals", "table"]
+from .numerics import rand
+
+__all__ = [
+    "log_partition",
+    "marginals",
+    "cov_vec",
+    "cov3",
+    "entropy",
+    "uniforms",
+    "sample",
+    "sample_given",
+    "sample_and_marginals",
+    "sample_and_marginals_given",
+    "table",
+]
 
 # A finite stand-in for log 0, so that autograd through logaddexp never meets (-inf) - (-inf).
 _LOG_ZERO = -1e30
@@ -64,14 +78,38 @@ def cov_vec(theta: Tensor, k: Tensor, K: int, v: Tensor) -> Tensor:
     return hv.detach()
 
 
-def sample(theta: Tensor, k: Tensor, K: int, num_samples: int, generator=None) -> Tensor:
+def cov3(theta: Tensor, k: Tensor, K: int, v: Tensor, w: Tensor) -> Tensor:
+    """``sum_jl kappa_ijl v_j w_l`` (third cumulant) by triple differentiation of the table."""
+    finite = torch.isfinite(theta)
+    v = torch.where(finite, v, 0.0)
+    w = torch.where(finite, w, 0.0)
+    with torch.enable_grad():
+        t = theta.detach().requires_grad_(True)
+        (mu,) = torch.autograd.grad(_log_z(t, k, K).sum(), t, create_graph=True)
+        (hv,) = torch.autograd.grad((mu * v).sum(), t, create_graph=True)
+        (h3,) = torch.autograd.grad((hv * w).sum(), t)
+    return h3.detach()
+
+
+def uniforms(theta: Tensor, num_samples: int, generator=None) -> Tensor:
+    """One uniform per item and sample, ``[S, B, n]`` in the logits' dtype."""
     B, n = theta.shape
+    return rand((num_samples, B, n), generator, theta.device, theta.dtype)
+
+
+def sample(theta: Tensor, k: Tensor, K: int, num_samples: int, generator=None) -> Tensor:
+    return sample_given(theta, k, K, uniforms(theta, num_samples, generator))
+
+
+def sample_given(theta: Tensor, k: Tensor, K: int, u: Tensor) -> Tensor:
+    """Exact samples ``[S, B, n]`` int64 from the uniforms ``u [S, B, n]`` of :func:`uniforms`."""
+    B, n = theta.shape
+    num_samples = u.shape[0]
     with torch.no_grad():
         a = table(theta, K)  # [n + 1, B, K + 1]
         t = torch.where(torch.isfinite(theta), theta, torch.full_like(theta, _LOG_ZERO))
         need = k.unsqueeze(0).expand(num_samples, B).clone()  # [S, B]
         z = torch.zeros(num_samples, B, n, dtype=torch.int64, device=theta.device)
-        u = torch.rand(num_samples, B, n, generator=generator, device=theta.device, dtype=theta.dtype)
         for i in range(n, 0, -1):
             j = need
             prev = a[i - 1].unsqueeze(0).expand(num_samples, B, K + 1)
@@ -88,6 +126,10 @@ def sample(theta: Tensor, k: Tensor, K: int, num_samples: int, generator=None) -
 
 def sample_and_marginals(theta: Tensor, k: Tensor, K: int, num_samples: int, generator=None):
     return sample(theta, k, K, num_samples, generator), marginals(theta, k, K)
+
+
+def sample_and_marginals_given(theta: Tensor, k: Tensor, K: int, u: Tensor):
+    return sample_given(theta, k, K, u), marginals(theta, k, K)
 
 
 def entropy(theta: Tensor, k: Tensor, K: int) -> Tensor:

@@ -35,51 +35,28 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["tilt", "log_partition", "marginals", "cov_vec", "entropy", "sample", "sample_and_marginals"]
+from .numerics import pow2, rand, softplus, tilt
+
+__all__ = [
+    "tilt",
+    "log_partition",
+    "marginals",
+    "cov_vec",
+    "cov3",
+    "entropy",
+    "uniforms",
+    "sample",
+    "sample_given",
+    "sample_and_marginals",
+    "sample_and_marginals_given",
+]
 
 #: Upper bound on the number of elements of one Toeplitz temporary (per chunk of nodes).
 CHUNK_ELEMENTS = 1 << 24
 
-#: Newton/bisection iterations for the tilt. The tilt only conditions the arithmetic (any c is exact),
-#: so a rough solution is enough.
-TILT_ITERATIONS = 12
-
-
-def tilt(theta: Tensor, k: Tensor) -> Tensor:
-    """Per-row shift ``c [B]`` with ``sum_i sigmoid(theta_i + c) ≈ clamp(k, 0.5, m - 0.5)``.
-
-    ``m`` is the number of finite entries. Safeguarded Newton iterations inside a bracket that is valid by
-    construction: at ``c = logit(t/m) - max(theta)`` every term is ``<= t/m``, at ``logit(t/m) - min(theta)``
-    every term is ``>= t/m``.
-    """
-    with torch.no_grad():
-        finite = torch.isfinite(theta)
-        m = finite.sum(-1).to(theta.dtype)
-        target = torch.minimum(torch.clamp(k.to(theta.dtype), min=0.5), (m - 0.5).clamp(min=0.5))
-        frac = (target / m.clamp(min=1.0)).clamp(1e-6, 1 - 1e-6)
-        lg = torch.log(frac) - torch.log1p(-frac)
-        tmax = torch.where(finite, theta, -math.inf).amax(-1)
-        tmin = torch.where(finite, theta, math.inf).amin(-1)
-        empty = m == 0
-        tmax = torch.where(empty, 0.0, tmax)
-        tmin = torch.where(empty, 0.0, tmin)
-        lo, hi = lg - tmax, lg - tmin
-        c = 0.5 * (lo + hi)
-        for _ in range(TILT_ITERATIONS):
-            s = torch.sigmoid(theta + c.unsqueeze(-1))
-            f = s.sum(-1) - target
-            fp = (s * (1 - s)).sum(-1)
-            lo = torch.where(f < 0, c, lo)
-            hi = torch.where(f > 0, c, hi)
-            newton = c - f / fp
-            ok = (newton > lo) & (newton < hi)
-            c = torch.where(ok, newton, 0.5 * (lo + hi))
-        return c
-
-
 def _pad_pow2(x: Tensor, value: float) -> Tensor:
     n = x.shape[-1]
-    N = 1 << max(0, (n - 1).bit_length())
+    N = pow2(n)
     return F.pad(x, (0, N - n), value=value) if N != n else x
 
 
@@ -157,11 +134,6 @@ def _root_value(levels, k: Tensor) -> Tensor:
     return torch.log(v[:, 0].gather(-1, k.unsqueeze(-1)).squeeze(-1)) + s[:, 0]
 
 
-def softplus(x: Tensor) -> Tensor:
-    """``log(1 + e^x)`` to full precision (``F.softplus`` returns ``x`` above 20, off by ``e^-20``)."""
-    return x.clamp(min=0) + torch.log1p(torch.exp(-x.abs()))
-
-
 def _log_partition_from(x: Tensor, levels, k: Tensor, c: Tensor) -> Tensor:
     return -c * k.to(x.dtype) + _root_value(levels, k) + softplus(x).sum(-1)
 
@@ -233,13 +205,32 @@ def cov_vec(theta: Tensor, k: Tensor, K: int, v: Tensor) -> Tensor:
     return tangent
 
 
-def _sample_from(levels, k: Tensor, n: int, num_samples: int, generator) -> Tensor:
+def cov3(theta: Tensor, k: Tensor, K: int, v: Tensor, w: Tensor) -> Tensor:
+    """The third cumulant contracted with two vectors, ``sum_jl kappa_ijl v_j w_l``, ``[B, n]``.
+
+    ``= d/dtheta [w · Cov(z) v]`` (kappa is symmetric): reverse mode over the forward-mode
+    covariance-vector product (the tilt is held fixed, which is exact: the marginals do not depend on it).
+    """
+    c = tilt(theta, k)
+    finite = torch.isfinite(theta)
+    v = torch.where(finite, v, 0.0)
+    w = torch.where(finite, w, 0.0)
+    with torch.enable_grad():
+        t = theta.detach().requires_grad_(True)
+        _, cv = torch.func.jvp(lambda s: _marginals_given_tilt(s, k, K, c), (t,), (v,))
+        (out,) = torch.autograd.grad((cv * w).sum(), t)
+    return torch.where(finite, out, 0.0)
+
+
+def _sample_from(levels, k: Tensor, n: int, u: Tensor) -> Tensor:
+    """Walk the tree top-down; ``u [S, B, N - 1]`` holds one uniform per internal node (see :func:`uniforms`)."""
     v_root = levels[-1][0]
     B = v_root.shape[0]
+    num_samples = u.shape[0]
     need = k.view(1, B, 1).expand(num_samples, B, 1)  # [S, B, M]
     for v, _ in reversed(levels[:-1]):
         left, right = v[:, 0::2], v[:, 1::2]  # [B, M, L]
-        L = v.shape[-1]
+        L, M = v.shape[-1], left.shape[1]
         i = torch.arange(L, device=v.device)
         rest = need.unsqueeze(-1) - i  # [S, B, M, L]: items the right child must take
         ok = (rest >= 0) & (rest < L)
@@ -247,10 +238,31 @@ def _sample_from(levels, k: Tensor, n: int, num_samples: int, generator) -> Tens
         w = left.unsqueeze(0) * r.gather(-1, rest.clamp(0, L - 1)) * ok
         cdf = w.cumsum(-1)
         # u in (0, 1]: never lands on a zero-weight entry.
-        u = 1.0 - torch.rand(cdf.shape[:-1], generator=generator, device=v.device, dtype=v.dtype)
-        take_left = (cdf < (u * cdf[..., -1]).unsqueeze(-1)).sum(-1).clamp(max=L - 1)
+        level_u = 1.0 - u[:, :, M - 1 : 2 * M - 1]
+        take_left = (cdf < (level_u * cdf[..., -1]).unsqueeze(-1)).sum(-1).clamp(max=L - 1)
         need = torch.stack([take_left, need - take_left], dim=-1).flatten(-2)
     return need[..., :n]
+
+
+def uniforms(theta: Tensor, num_samples: int, generator=None) -> Tensor:
+    """The uniforms the sampler consumes, ``[S, B, N - 1]`` (``N`` = ``n`` padded to a power of two).
+
+    Column ``M - 1 + j`` serves node ``j`` of the level with ``M`` nodes. They are drawn level by level from
+    the root in one ``torch.rand`` call (the order the sampler used to draw them itself, so a generator in
+    the same state gives the same samples as before).
+    """
+    B, n = theta.shape
+    N = pow2(n)
+    S = num_samples
+    flat = rand((S * B * (N - 1),), generator, theta.device, theta.dtype)
+    parts, offset, M = [], 0, 1
+    while M < N:
+        parts.append(flat[offset : offset + S * B * M].view(S, B, M))
+        offset += S * B * M
+        M *= 2
+    if not parts:
+        return flat.view(S, B, 0)
+    return torch.cat(parts, dim=-1)
 
 
 def entropy(theta: Tensor, k: Tensor, K: int) -> Tensor:
@@ -271,17 +283,27 @@ def entropy(theta: Tensor, k: Tensor, K: int) -> Tensor:
     return _root_value(levels, k) + term.sum(-1)
 
 
-def sample(theta: Tensor, k: Tensor, K: int, num_samples: int, generator=None) -> Tensor:
-    """Exact samples, ``[S, B, n]`` int64 in {0, 1}, with ``k`` ones on free items of each row."""
+def sample_given(theta: Tensor, k: Tensor, K: int, u: Tensor) -> Tensor:
+    """Exact samples ``[S, B, n]`` int64 in {0, 1} from the uniforms ``u`` of :func:`uniforms`."""
     c = tilt(theta, k)
     _, leaves = _leaves(theta, c, K)
-    return _sample_from(_inside(leaves, K), k, theta.shape[-1], num_samples, generator)
+    return _sample_from(_inside(leaves, K), k, theta.shape[-1], u)
+
+
+def sample(theta: Tensor, k: Tensor, K: int, num_samples: int, generator=None) -> Tensor:
+    """Exact samples, ``[S, B, n]`` int64 in {0, 1}, with ``k`` ones on free items of each row."""
+    return sample_given(theta, k, K, uniforms(theta, num_samples, generator))
+
+
+def sample_and_marginals_given(theta: Tensor, k: Tensor, K: int, u: Tensor):
+    """One inside pass shared by a draw ``[S, B, n]`` (from ``u``) and the marginals ``[B, n]``."""
+    c = tilt(theta, k)
+    x, leaves = _leaves(theta, c, K)
+    levels = _inside(leaves, K)
+    z = _sample_from(levels, k, theta.shape[-1], u)
+    return z, _marginals_from(x, levels, k, theta.shape[-1])
 
 
 def sample_and_marginals(theta: Tensor, k: Tensor, K: int, num_samples: int, generator=None):
     """One inside pass shared by a draw ``[S, B, n]`` and the marginals ``[B, n]`` (SIMPLE's forward)."""
-    c = tilt(theta, k)
-    x, leaves = _leaves(theta, c, K)
-    levels = _inside(leaves, K)
-    z = _sample_from(levels, k, theta.shape[-1], num_samples, generator)
-    return z, _marginals_from(x, levels, k, theta.shape[-1])
+    return sample_and_marginals_given(theta, k, K, uniforms(theta, num_samples, generator))
