@@ -142,8 +142,9 @@ def markdown_report(ctx: RunContext, cfg: dict, results: dict, files: list[str],
         "",
         f"Mode: **{ctx.mode}** — {cfg['seeds']} seeds in the paper's setting, {cfg['grid_seeds']} per cell of the "
         f"loss ablation and the beyond-paper grids; {cfg['steps']} Adam steps (lr {cfg['lr']}, {cfg['batch']} "
-        f"samples per step, θ initialised to ones); vertex gradient `{cfg['paper_loss']}` in the paper's setting "
-        f"and `{cfg['loss']}` (this library's) beyond it. This invocation: {provenance['seconds']:.0f} s, "
+        f"samples per step, θ initialised to ones); vertex gradient `{cfg['paper_loss']}` in the paper's setting"
+        + (f" and `{cfg['loss']}` (this library's) beyond it" if cfg["loss"] != cfg["paper_loss"] else " and beyond it")
+        + f". This invocation: {provenance['seconds']:.0f} s, "
         f"{provenance['units_computed']} units computed and {provenance['units_loaded_from_cache']} loaded from the "
         "cache of an earlier one. Timings are wall-clock on a shared machine and vary between runs.",
         "",
