@@ -79,9 +79,10 @@ def _load_data(cfg: dict[str, Any]):
 
 
 def run_config(cfg: dict[str, Any], method: str) -> dict[str, Any]:
-    """What one method's training run depends on (its folder name hashes it; epochs are not part of it)."""
+    """What one method's training run depends on (its folder name hashes it; epochs and labels are not in it)."""
     keys = ("data", "train_size", "test_size", "batch", "binarize", "eval_samples", "seed")
-    return {"method": asdict(METHODS[method]), **{k: cfg[k] for k in keys}}
+    spec = {k: v for k, v in asdict(METHODS[method]).items() if k != "label"}
+    return {"method": spec, **{k: cfg[k] for k in keys}}
 
 
 def run_dir(ctx: RunContext, cfg: dict[str, Any], method: str) -> Path:
