@@ -115,6 +115,8 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         if not fresh:
             self._load()
+        elif env.main and (self.run_dir / "iwae.json").exists():
+            (self.run_dir / "iwae.json").unlink()  # bounds of the discarded run
 
     @property
     def checkpoint_path(self) -> Path:
