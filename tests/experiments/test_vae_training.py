@@ -84,8 +84,10 @@ def test_quick_command_writes_everything_and_a_second_run_resumes_without_recomp
     assert more["methods"]["simple_exact"]["epochs_done"] == 3
     assert more["methods"]["simple_official"]["epochs_done"] == 2  # reported, not trained
     (out / "report.md").unlink()
-    experiments.run("vae", tmp_path, mode="quick", options={**opts, "epochs": 3, "report_only": True}, show_progress=False)
-    assert "3/3" in (out / "report.md").read_text()
+    experiments.run("vae", tmp_path, mode="quick", options={**opts, "epochs": 4, "report_only": True, "iwae_now": True,
+                                                            "iwae_samples": 12}, show_progress=False)
+    report = (out / "report.md").read_text()
+    assert "3/4" in report and "S = 12, epoch 3" in report and "S = 12, epoch 2" in report
 
 
 def test_bad_options_are_rejected(tmp_path):

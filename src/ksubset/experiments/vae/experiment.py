@@ -120,12 +120,25 @@ def _train(ctx: RunContext, cfg: dict[str, Any], data, env) -> None:
         t.final_iwae(cfg["iwae_samples"], cfg["iwae_images"])
 
 
+def _iwae_now(ctx: RunContext, cfg: dict[str, Any], data, env) -> None:
+    """IWAE bounds of the latest checkpoints (runs still in progress included); trains nothing."""
+    for m in METHODS:
+        if (run_dir(ctx, cfg, m) / "checkpoint.pt").exists():
+            t = Trainer(METHODS[m], data, run_config(cfg, m), run_dir(ctx, cfg, m), env)
+            r = t.final_iwae(cfg["iwae_samples"], cfg["iwae_images"])
+            if env.main:
+                print(f"   {m}: IWAE (S = {r['samples']}, {r['images']} images) at epoch {r['epoch']}: "
+                      f"{r['iwae']:.2f}", flush=True)
+
+
 def run(ctx: RunContext) -> dict[str, Any]:
     cfg = _config(ctx)
     env = init_distributed(cfg["device"])
     if not ctx.options.get("report_only"):
         data = _load_data(cfg)
         _train(ctx, cfg, data, env)
+    elif ctx.options.get("iwae_now"):
+        _iwae_now(ctx, cfg, _load_data(cfg), env)
     if not env.main:
         return {}
     runs = {m: run_dir(ctx, cfg, m) for m in METHODS if run_dir(ctx, cfg, m).exists()}
@@ -151,6 +164,8 @@ def _add_arguments(parser) -> None:
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing: rebuild the report, tables and plots from the epochs saved so far")
     parser.add_argument("--no-images", action="store_true", help="with --report-only: skip the image grids")
+    parser.add_argument("--iwae-now", action="store_true",
+                        help="with --report-only: IWAE bounds of the latest checkpoints (runs in progress too)")
 
 
 register(Experiment(

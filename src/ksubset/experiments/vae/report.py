@@ -177,11 +177,11 @@ def _report_md(cfg: dict, summaries: dict[str, dict], files: list[str], targets:
               f"{cfg['eval_samples']} exact samples per image; seed {cfg['seed']}.", "",
               "## Best epoch (test negative ELBO, exact KL, nats per image)", "",
               "| method | epochs | best epoch | −ELBO at best | official metric there | −ELBO at 1 / 10 / 50 / 100 "
-              "| IWAE (S, epoch) | train s/epoch |", "|---|---|---|---|---|---|---|---|"]
+              "| IWAE | train s/epoch |", "|---|---|---|---|---|---|---|---|"]
     for s in summaries.values():
         at = " / ".join(_fmt(s["nelbo_at"][e]) for e in (1, 10, 50, 100))
         iw = s["iwae"]
-        iws = f"{iw['iwae']:.1f} ({iw['samples']}, {iw['epoch']})" if iw else "—"
+        iws = f"{iw['iwae']:.1f} (S = {iw['samples']}, epoch {iw['epoch']}, {iw['images']} images)" if iw else "—"
         lines.append(f"| {s['label']} | {s['epochs_done']}/{targets[s['method']]} | {s['best_epoch']} | "
                      f"{s['best_nelbo']:.2f} | {s['official_at_best']:.2f} | {at} | {iws} | "
                      f"{s['train_seconds_per_epoch']:.0f} |")
