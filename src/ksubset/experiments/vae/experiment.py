@@ -134,15 +134,17 @@ def _iwae_now(ctx: RunContext, cfg: dict[str, Any], data, env) -> None:
 def run(ctx: RunContext) -> dict[str, Any]:
     cfg = _config(ctx)
     env = init_distributed(cfg["device"])
-    if not ctx.options.get("report_only"):
-        data = _load_data(cfg)
+    report_only = bool(ctx.options.get("report_only"))
+    images = not (report_only and ctx.options.get("no_images"))
+    data = _load_data(cfg) if (not report_only or images or ctx.options.get("iwae_now")) else None
+    if not report_only:
         _train(ctx, cfg, data, env)
     elif ctx.options.get("iwae_now"):
-        _iwae_now(ctx, cfg, _load_data(cfg), env)
+        _iwae_now(ctx, cfg, data, env)
     if not env.main:
         return {}
     runs = {m: run_dir(ctx, cfg, m) for m in METHODS if run_dir(ctx, cfg, m).exists()}
-    data = None if ctx.options.get("report_only") and ctx.options.get("no_images") else _load_data(cfg)
+    data = data if images else None
     return write_report(ctx, cfg, runs, data, {m: target_epochs(cfg, m) for m in METHODS})
 
 
