@@ -103,7 +103,8 @@ class Trainer:
         if env.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
-            self.step_module = DistributedDataParallel(self.loss, device_ids=[env.device] if "cuda" in env.device
+            cuda = env.device.startswith("cuda")
+            self.step_module = DistributedDataParallel(self.loss, device_ids=[torch.device(env.device)] if cuda
                                                        else None)
         # the fused kernel: 3 ms instead of 9-20 ms per step for these 1.3M parameters on one CPU thread
         self.opt = torch.optim.Adam(self.vae.parameters(), lr=method.lr, fused=True)
@@ -131,7 +132,7 @@ class Trainer:
         self.epoch, self.history = int(state["epoch"]), list(state["history"])
         gens = state["generators"]
         if len(gens) == self.env.world:
-            self.gen.set_state(gens[self.env.rank].cpu() if "cuda" not in self.env.device else gens[self.env.rank])
+            self.gen.set_state(gens[self.env.rank].cpu())  # generator states are CPU byte tensors, CUDA ones too
         else:  # another world size: a fresh, deterministic stream for this rank from this epoch on
             self.gen.manual_seed(derived_seed(self.cfg["seed"], self.method.name, self.env.rank, self.epoch))
 
