@@ -103,13 +103,14 @@ def _plot(ctx: RunContext, loaded: dict[str, dict[str, Any]]) -> str:
     axes[1].plot(off_e, off_v, "ko", ms=6, label="official log (its metric)")
     titles = ["negative ELBO, exact KL (compare methods here)",
               "official metric: truncated-entropy KL (compare with the official log)"]
-    for ax, title in zip(axes, titles, strict=True):
+    for ax, title, key, extra in zip(axes, titles, ["test_nelbo", "test_official"], [[], off_v], strict=True):
         ax.set_xlabel("epoch")
         ax.set_ylabel("test nats / image")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
-        lo = min(min(r["test_nelbo"] for r in run["epochs"]) for run in loaded.values())
-        ax.set_ylim(lo - 5, max(lo + 80, 225))
+        values = [r[key] for run in loaded.values() for r in run["epochs"]] + extra
+        lo, hi = min(values), max(values)
+        ax.set_ylim(lo - 5, min(hi, lo + 120) + 5)  # the first epochs may be far above the rest
     axes[1].legend(fontsize=7)
     save_figure(fig, ctx.out_dir / "nelbo.png")
     return "nelbo.png"
