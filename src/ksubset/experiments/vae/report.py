@@ -215,7 +215,9 @@ def _report_md(cfg: dict, summaries: dict[str, dict], files: list[str], targets:
               "(`ksubset.sample`), whatever it decoded in training (SoftSub decodes its relaxation), so all rows "
               "measure the same quantity.",
               "- IWAE: −log (1/S) Σ w_s with S exact samples and the exact log q(z|x) (`ksubset.log_prob`), an "
-              "upper bound on −log p(x) tighter than the −ELBO; computed once a method reaches its target epochs.",
+              "upper bound on −log p(x) tighter than the −ELBO; computed once a method reaches its target epochs (or "
+              "for the latest checkpoint with `--report-only --iwae-now`); the column names its epoch, S and the "
+              "number of test images (the −ELBO columns use all of them).",
               "- Monte-Carlo KL: log q(z) − log p(z) at the SIMPLE sample; its gradient flows through z by SIMPLE "
               "(giving Cov(z)·θ, the exact KL gradient, because θ·z is linear in z) and through θ explicitly "
               "(adding the mean-zero score z − μ).",
