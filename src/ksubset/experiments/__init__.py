@@ -23,6 +23,7 @@ __all__ = ["Experiment", "register", "get", "names", "run", "run_all"]
 _MODULES = [
     "ksubset.experiments.bias_variance",
     "ksubset.experiments.sparse_regression.experiment",
+    "ksubset.experiments.l2x.experiment",
 ]
 
 
