@@ -68,6 +68,10 @@ def _config(ctx: RunContext) -> dict[str, Any]:
     cfg["batch_size"] = o.get("batch_size") or 40
     cfg["max_len"] = o.get("max_len") or 350
     cfg["tabular_enabled"] = not o.get("skip_tabular", False)
+    if o.get("tabular_rows") is not None:
+        if o["tabular_rows"] < 10:
+            raise ValueError(f"--tabular-rows must be >= 10, got {o['tabular_rows']}")
+        cfg["tabular"] = {**cfg["tabular"], "n_train": o["tabular_rows"], "n_test": max(10, o["tabular_rows"] // 10)}
     cfg["data_dir"] = o.get("data_dir")
     return cfg
 
@@ -155,6 +159,8 @@ def _add_arguments(parser) -> None:
                         help="folder with the original BeerAdvocate files (reviews.aspect{A}.{train,heldout}.txt, "
                              "annotations.json, one word-vector .txt file); default: substitute data")
     parser.add_argument("--vectors", default=None, help="the word-vector text file, if --data-dir has several")
+    parser.add_argument("--tabular-rows", type=int, default=None,
+                        help="training rows of each tabular set (default: 2000 quick, 10000 full)")
     parser.add_argument("--skip-tabular", action="store_true", help="skip the L2X tabular sets")
     parser.add_argument("--report-only", action="store_true",
                         help="compute nothing: rewrite the report from the units present, listing missing ones")
