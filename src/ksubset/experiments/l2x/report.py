@@ -98,10 +98,32 @@ def _tabular_table(tab: dict, methods: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _winners(table: dict, tab: dict, trained: list[str]) -> list[str]:
+    """One line per column: the best trained method, the runner-up, and whether the gap exceeds the spread."""
+    lines = []
+
+    def line(where, what, entries, key, lower):
+        got = sorted(((e[key]["mean"], e[key]["std"], m) for m, e in entries.items() if m in trained and key in e),
+                     reverse=not lower)
+        if len(got) < 2:
+            return
+        (b, bs, bm), (r, rs, rm) = got[0], got[1]
+        clear = abs(b - r) > bs + rs
+        simple = "" if bm == "simple" or "simple" not in entries else (
+            f"; SIMPLE {entries['simple'][key]['mean']:.2f} ± {entries['simple'][key]['std']:.2f}")
+        lines.append(f"- {where}, {what}: **{_label(bm)}** {b:.2f} ± {bs:.2f}, then {_label(rm)} {r:.2f} ± {rs:.2f} "
+                     f"({'gap larger than the spread' if clear else 'within the spread'}){simple}")
+
+    for name, s in table.items():
+        line(name, "MSE×100", s["methods"], "mse_x100", True)
+        line(name, "precision %", s["methods"], "precision_pct", False)
+    for name, v in tab.items():
+        line(f"tabular {name}", f"median rank (ideal {v['ideal']:g})", v["methods"], "median_rank", True)
+    return lines
+
+
 def _figure(ctx: RunContext, cfg, data, results, rows) -> str | None:
     """One annotated test review with each method's selected words (seed 0 of the main setting)."""
-    if not data.substitute and data.data_dir is None:
-        return None
     a, k, _ = cfg["settings"][0]
     seed = ctx.seed
     picks = {m: results.get(f"rationale-a{a}-k{k}-{m}-s{seed}") for m in rows}
@@ -117,7 +139,7 @@ def _figure(ctx: RunContext, cfg, data, results, rows) -> str | None:
     review = splits["test"][0]
     tokens = review.tokens[: cfg["max_len"]]
     gold = {i for s, e in review.spans.get(a, []) for i in range(s, e)}
-    width = 110
+    width = 175  # characters per line at 7 pt monospace on a 12-inch figure
     layout, x, y = [], 0, 0
     for t in tokens:
         if x + len(t) > width:
@@ -147,7 +169,7 @@ def _figure(ctx: RunContext, cfg, data, results, rows) -> str | None:
                     color="black" if i in gold else "#666666", **style)
     ax.set_title(f"test review 0, aspect {a} ({ASPECTS[a]}) = {review.scores[a]:g}, k = {k}: selected words "
                  "highlighted (yellow = inside the annotation, red = outside; grey text = not annotated)", fontsize=9)
-    save_figure(fig, ctx.out_dir / "selections.png")
+    save_figure(fig, ctx.out_dir / "selections.png", dpi=100)
     return "selections.png"
 
 
@@ -220,6 +242,9 @@ def _markdown(ctx, cfg, data, summary, rows, trained_all) -> str:
                 f"epochs, k = number of true features; mean over {cfg['tabular']['n_test']} test rows of the "
                 "per-row median rank, mean ± std over seeds.", "",
                 _tabular_table(summary["tabular"], cfg["methods"]), ""]
+    wins = _winners(summary["table"], summary["tabular"], trained_all)
+    if wins:
+        out += ["## Who wins where", "", *wins, ""]
     out += ["## Methods and time per unit", "", "| method | estimator | seconds per unit (main setting) |",
             "|---|---|---|"]
     main = next(iter(summary["table"].values()))["methods"]
