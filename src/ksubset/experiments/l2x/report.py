@@ -57,8 +57,11 @@ def _main_table(table: dict, rows: list[str], trained: list[str]) -> str:
     settings = [s for s in table.values() if s["methods"]]
     if not settings:
         return "(no units yet)\n"
-    head = ["method"] + [c for s in settings for c in
-                         (f"a{s['aspect']} k={s['k']} MSE×100", f"a{s['aspect']} k={s['k']} prec. %")]
+    def seeds(s):
+        return max(e["seeds"] for e in s["methods"].values())
+
+    head = ["method"] + [c for s in settings for c in (f"a{s['aspect']} k={s['k']} MSE×100 (seeds: {seeds(s)})",
+                                                       f"a{s['aspect']} k={s['k']} prec. %")]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     best: dict[tuple[int, str], float] = {}
     for i, s in enumerate(settings):
@@ -108,11 +111,13 @@ def _winners(table: dict, tab: dict, trained: list[str]) -> list[str]:
         if len(got) < 2:
             return
         (b, bs, bm), (r, rs, rm) = got[0], got[1]
-        clear = abs(b - r) > bs + rs
-        simple = "" if bm == "simple" or "simple" not in entries else (
+        seeds = min(entries[m]["seeds"] for _, _, m in got[:2])
+        verdict = ("one seed: no spread yet" if seeds < 2 else
+                   "gap larger than the sum of the stds" if abs(b - r) > bs + rs else "within the spread")
+        simple = "" if "simple" in (bm, rm) or "simple" not in entries or key not in entries["simple"] else (
             f"; SIMPLE {entries['simple'][key]['mean']:.2f} ± {entries['simple'][key]['std']:.2f}")
         lines.append(f"- {where}, {what}: **{_label(bm)}** {b:.2f} ± {bs:.2f}, then {_label(rm)} {r:.2f} ± {rs:.2f} "
-                     f"({'gap larger than the spread' if clear else 'within the spread'}){simple}")
+                     f"({verdict}){simple}")
 
     for name, s in table.items():
         line(name, "MSE×100", s["methods"], "mse_x100", True)
