@@ -144,18 +144,30 @@ def _figure(ctx: RunContext, cfg, data, results, rows) -> str | None:
     review = splits["test"][0]
     tokens = review.tokens[: cfg["max_len"]]
     gold = {i for s, e in review.spans.get(a, []) for i in range(s, e)}
-    width = 175  # characters per line at 7 pt monospace on a 12-inch figure
-    layout, x, y = [], 0, 0
+    # lay the words out with their measured widths (fraction of the axes width), wrapping at the right edge
+    fig, ax = plt.subplots(figsize=(12, 4))
+    renderer = fig.canvas.get_renderer()
+    inv = ax.transAxes.inverted()
+    probe = ax.text(0, 0, "x", fontsize=7, family="monospace", transform=ax.transAxes)
+
+    def extent() -> float:
+        x0, x1 = inv.transform(probe.get_window_extent(renderer))[:, 0].tolist()
+        return x1 - x0
+
+    space = extent()
+    layout, x, y = [], 0.0, 0
     for t in tokens:
-        if x + len(t) > width:
-            x, y = 0, y + 1
+        probe.set_text(t)
+        w = extent()
+        if x + w > 1.0 and x > 0:
+            x, y = 0.0, y + 1
         layout.append((x, y))
-        x += len(t) + 1
+        x += w + space
+    probe.remove()
     lines_per = y + 1
     panels = ["ground truth (annotated)", *picks]
-    fig_h = 0.22 * (lines_per + 1.6) * len(panels) + 0.4
-    fig, ax = plt.subplots(figsize=(12, fig_h))
-    ax.set_xlim(0, width)
+    fig.set_size_inches(12, 0.2 * (lines_per + 1.6) * len(panels) + 0.4)
+    ax.set_xlim(0, 1)
     total = (lines_per + 1.6) * len(panels)
     ax.set_ylim(total, 0)
     ax.axis("off")
