@@ -145,17 +145,37 @@ def run(ctx: RunContext) -> dict[str, Any]:
     return summary
 
 
+def _positive(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _folder(text: str) -> str:
+    import argparse
+
+    if not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a folder")
+    return text
+
+
 def _add_arguments(parser) -> None:
-    parser.add_argument("--aspect", type=int, default=None, help="only this aspect (0..3)")
-    parser.add_argument("--k", type=int, default=None, help="only this k (any k >= 1)")
+    parser.add_argument("--aspect", type=int, default=None, choices=[0, 1, 2, 3], help="only this aspect (0..3)")
+    parser.add_argument("--k", type=_positive, default=None, help="only this k (any k >= 1)")
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default: E3's per setting)")
     parser.add_argument("--methods", nargs="+", default=None, choices=list(METHODS), help="methods to train")
-    parser.add_argument("--seeds", type=int, default=None, help="seeds per setting (default: 1 quick, 5 full)")
-    parser.add_argument("--n-train", type=int, default=None, help="training reviews used (default 600 / 1200)")
-    parser.add_argument("--epochs", type=int, default=None, help="epochs (default: 4 quick, 20 full)")
-    parser.add_argument("--batch-size", type=int, default=None, help="batch size (default 40)")
-    parser.add_argument("--max-len", type=int, default=None, help="truncate reviews to this many tokens (350)")
-    parser.add_argument("--data-dir", default=None,
+    parser.add_argument("--seeds", type=_positive, default=None, help="seeds per setting (default: 1 quick, 5 full)")
+    parser.add_argument("--n-train", type=_positive, default=None, help="training reviews used (default 600 / 1200)")
+    parser.add_argument("--epochs", type=_positive, default=None, help="epochs (default: 4 quick, 20 full)")
+    parser.add_argument("--batch-size", type=_positive, default=None, help="batch size (default 40)")
+    parser.add_argument("--max-len", type=_positive, default=None, help="truncate reviews to this many tokens (350)")
+    parser.add_argument("--data-dir", type=_folder, default=None,
                         help="folder with the original BeerAdvocate files (reviews.aspect{A}.{train,heldout}.txt, "
                              "annotations.json, one word-vector .txt file); default: substitute data")
     parser.add_argument("--vectors", default=None, help="the word-vector text file, if --data-dir has several")
