@@ -112,7 +112,7 @@ def _winners(table: dict, tab: dict, trained: list[str]) -> list[str]:
             return
         (b, bs, bm), (r, rs, rm) = got[0], got[1]
         seeds = min(entries[m]["seeds"] for _, _, m in got[:2])
-        verdict = ("one seed: no spread yet" if seeds < 2 else
+        verdict = ("tied" if abs(b - r) < 0.005 else "one seed: no spread yet" if seeds < 2 else
                    "gap larger than the sum of the stds" if abs(b - r) > bs + rs else "within the spread")
         simple = "" if "simple" in (bm, rm) or "simple" not in entries or key not in entries["simple"] else (
             f"; SIMPLE {entries['simple'][key]['mean']:.2f} ± {entries['simple'][key]['std']:.2f}")
@@ -262,8 +262,8 @@ def _markdown(ctx, cfg, data, summary, rows, trained_all) -> str:
     wins = _winners(summary["table"], summary["tabular"], trained_all)
     if wins:
         out += ["## Who wins where", "", *wins, ""]
-    out += ["## Methods and time per unit", "", "| method | estimator | seconds per unit (main setting) |",
-            "|---|---|---|"]
+    out += ["## Methods and time per unit", "",
+            "| method | estimator | wall seconds per unit (main setting, shared machine, 1 thread) |", "|---|---|---|"]
     main = next(iter(summary["table"].values()))["methods"]
     for m in rows:
         desc = METHODS[m].describe() if m in METHODS else "predictor only, fixed selections"
