@@ -50,7 +50,10 @@ def _aggregate_tabular(cfg, results) -> dict[str, Any]:
 
 
 def _pm(d: dict | None, digits: int = 2) -> str:
-    return "—" if d is None else f"{d['mean']:.{digits}f} ± {d['std']:.{digits}f}"
+    """``mean ± std``; the mean alone from a single seed (a std of 0 there would claim a spread we lack)."""
+    if d is None:
+        return "—"
+    return f"{d['mean']:.{digits}f}" if d.get("n", 2) < 2 else f"{d['mean']:.{digits}f} ± {d['std']:.{digits}f}"
 
 
 def _main_table(table: dict, rows: list[str], trained: list[str]) -> str:
@@ -115,8 +118,9 @@ def _winners(table: dict, tab: dict, trained: list[str]) -> list[str]:
         verdict = ("tied" if abs(b - r) < 0.005 else "one seed: no spread yet" if seeds < 2 else
                    "gap larger than the sum of the stds" if abs(b - r) > bs + rs else "within the spread")
         simple = "" if "simple" in (bm, rm) or "simple" not in entries or key not in entries["simple"] else (
-            f"; SIMPLE {entries['simple'][key]['mean']:.2f} ± {entries['simple'][key]['std']:.2f}")
-        lines.append(f"- {where}, {what}: **{_label(bm)}** {b:.2f} ± {bs:.2f}, then {_label(rm)} {r:.2f} ± {rs:.2f} "
+            f"; SIMPLE {_pm(entries['simple'][key])}")
+        pm = (lambda m, s: f"{m:.2f}") if seeds < 2 else (lambda m, s: f"{m:.2f} ± {s:.2f}")
+        lines.append(f"- {where}, {what}: **{_label(bm)}** {pm(b, bs)}, then {_label(rm)} {pm(r, rs)} "
                      f"({verdict}){simple}")
 
     for name, s in table.items():
