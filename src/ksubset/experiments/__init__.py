@@ -24,6 +24,7 @@ _MODULES = [
     "ksubset.experiments.bias_variance",
     "ksubset.experiments.sparse_regression.experiment",
     "ksubset.experiments.vae.experiment",
+    "ksubset.experiments.l2x.experiment",
 ]
 
 
