@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import Experiment, register
-from ..common import RunContext, atomic_write_json, progress
+from ..common import RunContext, atomic_write_json, float_arg, int_arg, progress
 from .beer import write_original_format
 from .data import DataSource
 from .methods import METHODS
@@ -145,18 +145,6 @@ def run(ctx: RunContext) -> dict[str, Any]:
     return summary
 
 
-def _positive(text: str) -> int:
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
-
-
 def _folder(text: str) -> str:
     import argparse
 
@@ -166,20 +154,21 @@ def _folder(text: str) -> str:
 
 
 def _add_arguments(parser) -> None:
-    parser.add_argument("--aspect", type=int, default=None, choices=[0, 1, 2, 3], help="only this aspect (0..3)")
-    parser.add_argument("--k", type=_positive, default=None, help="only this k (any k >= 1)")
-    parser.add_argument("--lr", type=float, default=None, help="learning rate (default: E3's per setting)")
+    parser.add_argument("--aspect", type=int_arg(0, 3), default=None, help="only this aspect (0..3)")
+    parser.add_argument("--k", type=int_arg(1), default=None, help="only this k (any k >= 1)")
+    parser.add_argument("--lr", type=float_arg(0.0, strict=True), default=None,
+                        help="learning rate (default: E3's per setting)")
     parser.add_argument("--methods", nargs="+", default=None, choices=list(METHODS), help="methods to train")
-    parser.add_argument("--seeds", type=_positive, default=None, help="seeds per setting (default: 1 quick, 5 full)")
-    parser.add_argument("--n-train", type=_positive, default=None, help="training reviews used (default 600 / 1200)")
-    parser.add_argument("--epochs", type=_positive, default=None, help="epochs (default: 4 quick, 20 full)")
-    parser.add_argument("--batch-size", type=_positive, default=None, help="batch size (default 40)")
-    parser.add_argument("--max-len", type=_positive, default=None, help="truncate reviews to this many tokens (350)")
+    parser.add_argument("--seeds", type=int_arg(1), default=None, help="seeds per setting (default: 1 quick, 5 full)")
+    parser.add_argument("--n-train", type=int_arg(1), default=None, help="training reviews used (default 600 / 1200)")
+    parser.add_argument("--epochs", type=int_arg(1), default=None, help="epochs (default: 4 quick, 20 full)")
+    parser.add_argument("--batch-size", type=int_arg(1), default=None, help="batch size (default 40)")
+    parser.add_argument("--max-len", type=int_arg(1), default=None, help="truncate reviews to this many tokens (350)")
     parser.add_argument("--data-dir", type=_folder, default=None,
                         help="folder with the original BeerAdvocate files (reviews.aspect{A}.{train,heldout}.txt, "
                              "annotations.json, one word-vector .txt file); default: substitute data")
     parser.add_argument("--vectors", default=None, help="the word-vector text file, if --data-dir has several")
-    parser.add_argument("--tabular-rows", type=int, default=None,
+    parser.add_argument("--tabular-rows", type=int_arg(1), default=None,
                         help="training rows of each tabular set (default: 2000 quick, 10000 full)")
     parser.add_argument("--skip-tabular", action="store_true", help="skip the L2X tabular sets")
     parser.add_argument("--report-only", action="store_true",

