@@ -62,7 +62,19 @@ def log_partition(theta: Tensor, k: Tensor, K: int) -> Tensor:
     return _log_z(theta, k, K)
 
 
+def _in_func_transform() -> bool:
+    """Inside a torch.func transform autograd.grad cannot be used (requires_grad_ is refused), and inside
+    compiled code torch.func cannot: each derivative below is written both ways."""
+    return torch._C._are_functorch_transforms_active()
+
+
+def _func_grad(f, t: Tensor) -> Tensor:
+    return torch.func.grad(f)(t.detach())
+
+
 def marginals(theta: Tensor, k: Tensor, K: int) -> Tensor:
+    if _in_func_transform():
+        return _func_grad(lambda t: _log_z(t, k, K).sum(), theta)
     with torch.enable_grad():
         t = theta.detach().requires_grad_(True)
         (mu,) = torch.autograd.grad(_log_z(t, k, K).sum(), t)
@@ -70,6 +82,10 @@ def marginals(theta: Tensor, k: Tensor, K: int) -> Tensor:
 
 
 def cov_vec(theta: Tensor, k: Tensor, K: int, v: Tensor) -> Tensor:
+    if _in_func_transform():
+        v = torch.where(torch.isfinite(theta), v, 0.0)
+        mu = torch.func.grad(lambda t: _log_z(t, k, K).sum())
+        return _func_grad(lambda t: (mu(t) * v).sum(), theta)
     with torch.enable_grad():
         t = theta.detach().requires_grad_(True)
         (mu,) = torch.autograd.grad(_log_z(t, k, K).sum(), t, create_graph=True)
@@ -83,6 +99,10 @@ def cov3(theta: Tensor, k: Tensor, K: int, v: Tensor, w: Tensor) -> Tensor:
     finite = torch.isfinite(theta)
     v = torch.where(finite, v, 0.0)
     w = torch.where(finite, w, 0.0)
+    if _in_func_transform():
+        mu = torch.func.grad(lambda t: _log_z(t, k, K).sum())
+        hv = torch.func.grad(lambda t: (mu(t) * v).sum())
+        return _func_grad(lambda t: (hv(t) * w).sum(), theta)
     with torch.enable_grad():
         t = theta.detach().requires_grad_(True)
         (mu,) = torch.autograd.grad(_log_z(t, k, K).sum(), t, create_graph=True)
