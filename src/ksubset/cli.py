@@ -12,7 +12,7 @@ _RESUME_HINT = "rerun the same command to resume (finished units are cached; --f
 
 def _reproduce(argv: list[str]) -> int:
     from . import experiments
-    from .experiments.common import int_arg
+    from .experiments.common import MissingDataError, int_arg
 
     names = experiments.names()
     parser = argparse.ArgumentParser(
@@ -39,13 +39,21 @@ def _reproduce(argv: list[str]) -> int:
         parser.error("--full needs an experiment name (running every experiment at full size takes days)")
     try:
         if args.name is None:
-            experiments.run_all(args.out, seed=args.seed, show_progress=not args.no_progress, fresh=args.fresh)
+            summaries = experiments.run_all(args.out, seed=args.seed, show_progress=not args.no_progress,
+                                            fresh=args.fresh)
             print(f"report: {args.out}/report.md")
+            skipped = [name for name, summary in summaries.items() if "not_run" in summary]
+            if skipped:
+                print(f"ksubset reproduce: not run (missing data): {', '.join(skipped)}", file=sys.stderr)
+                return 1
             return 0
         experiments.run(args.name, args.out, mode=args.mode or "quick", seed=args.seed, options=options,
                         show_progress=not args.no_progress, fresh=args.fresh)
     except OSError as exc:  # --out is a file, a read-only folder, a full disk, ...
         print(f"ksubset reproduce: error: {_describe(exc)} (output folder: {args.out})", file=sys.stderr)
+        return 1
+    except MissingDataError as exc:  # a data package is not installed: the message names the install command
+        print(f"ksubset reproduce: error: {exc}", file=sys.stderr)
         return 1
     print(f"report: {args.out}/{args.name}/report.md")
     return 0

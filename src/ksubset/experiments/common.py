@@ -42,7 +42,15 @@ __all__ = [
     "mean_std",
     "int_arg",
     "float_arg",
+    "MissingDataError",
 ]
+
+
+class MissingDataError(RuntimeError):
+    """A data package an experiment needs is not installed (the message names the install command).
+
+    The command line prints the message as one line; ``run_all`` records the experiment as not run and goes on.
+    """
 
 
 def _umask() -> int:

