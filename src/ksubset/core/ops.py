@@ -34,8 +34,9 @@ operators in ``autograd.Function``\\ s that add forward mode (``jvp``) for eager
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import ModuleType
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -276,7 +277,7 @@ sample = _define("sample", _sample, _sample_fake)
 sample_and_marginals = _define("sample_and_marginals", _sample_and_marginals, _sample_and_marginals_fake)
 
 #: The implementations behind the operators (what :func:`direct` calls run).
-IMPL = {
+IMPL: dict[str, Callable[..., Any]] = {
     "canonical": _canonical,
     "log_partition": _log_partition,
     "marginals": _marginals,
