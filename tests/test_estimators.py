@@ -14,11 +14,10 @@ import math
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from ksubset import core
+from ksubset import AtMost, core
 from ksubset import estimators as E
 
 from oracle import enumerate_row, expectation, expected_gradient, topk_indicator
@@ -543,8 +542,6 @@ def test_only_the_new_names_are_listed():
 def test_count_constrained_imle_takes_the_new_noise_name():
     theta = torch.randn(4, N, dtype=torch.float64, generator=gen(110))
     counts = E.cardinality.SUPPORTED  # the count-constraint versions share the hyper-parameters
-    from ksubset import AtMost
-
     with pytest.warns(DeprecationWarning, match="'tau' is deprecated.*'noise_scale'"):
         z_old = counts["imle"](theta, AtMost(4), generator=gen(111), tau=2.0)
     z_new = _no_warning(counts["imle"], theta, AtMost(4), generator=gen(111), noise_scale=2.0)
