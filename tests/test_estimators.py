@@ -588,3 +588,16 @@ def test_estimator_modules_import_no_private_names_of_each_other():
                 continue
             private = [n for n in names if n.startswith("_")]
             assert not private, f"{path.name} imports private {private} from .{node.module}"
+
+
+def test_registry_refuses_a_second_registration_and_unknown_count_versions():
+    from ksubset.estimators import _registry
+
+    with pytest.raises(ValueError, match="'simple' is already registered"):
+        _registry.register("simple", E.simple)
+    with pytest.raises(ValueError, match="unknown estimator 'nope'"):
+        _registry.register_counts("nope", E.simple)
+    assert E.available()[0] == "simple"  # nothing was added or replaced
+    # every estimator is registered by the private module that defines it
+    for name in E.available():
+        assert getattr(E, name).__module__.startswith("ksubset.estimators._"), name
