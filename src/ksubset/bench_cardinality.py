@@ -26,7 +26,7 @@ import torch
 
 import ksubset
 from ksubset.core.inverse import logits_from_marginals
-from ksubset.estimators.simple import simple as simple_exact
+from ksubset.estimators import simple as simple_exact
 
 __all__ = ["main"]
 

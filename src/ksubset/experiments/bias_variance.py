@@ -119,11 +119,11 @@ def _averaged(inner: GradientEstimator, m: int) -> GradientEstimator:
 def e1_estimators() -> dict[str, Any]:
     """The paper's E1 estimators with its hyper-parameters."""
     return {
-        "SoftSub": _pathwise("relaxed_topk", transform=F.logsigmoid, t=2.0),
-        "I-MLE": _pathwise("imle", lam=LAM, noise="sum_of_gamma", kappa=5, tau=1.0, s=10),
+        "SoftSub": _pathwise("relaxed_topk", transform=F.logsigmoid, temperature=2.0),
+        "I-MLE": _pathwise("imle", lam=LAM, noise="sum_of_gamma", kappa=5, noise_scale=1.0, s=10),
         "SFE": _score_function(),
         "SIMPLE-F": _pathwise("simple_f", lam=LAM),
-        "SIMPLE-B": _pathwise("simple_b", lam=LAM, kappa=5, tau=1.0, s=10),
+        "SIMPLE-B": _pathwise("simple_b", lam=LAM, kappa=5, noise_scale=1.0, s=10),
         "SIMPLE": _pathwise("simple"),
         "STE": _pathwise("ste"),
     }
@@ -230,7 +230,7 @@ def _paper_study(ctx: RunContext, cfg) -> dict[str, Any]:
 
 
 def _k1_study(ctx: RunContext, cfg) -> dict[str, Any]:
-    ests = {"ST Gumbel-softmax": _pathwise("st_gumbel_softmax", tau=1.0), "SIMPLE": _pathwise("simple")}
+    ests = {"ST Gumbel-softmax": _pathwise("st_gumbel_softmax", temperature=1.0), "SIMPLE": _pathwise("simple")}
     out = {}
     for name, r in _seeded_study(ctx, cfg, "k1", ests, 1).items():
         out[name] = _summarise(r)
