@@ -20,7 +20,7 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 from torch import Tensor
@@ -69,7 +69,7 @@ def _user_stacklevel() -> int:
         path = os.path.abspath(frame.f_code.co_filename)
         if not (path.startswith(_PACKAGE_DIR + os.sep) or path == _LAYER_FILE):
             return level
-        level, frame = level + 1, frame.f_back
+        level, frame = level + 1, frame.f_back  # type: ignore[assignment]  # None ends the loop
     return level
 
 
@@ -338,9 +338,9 @@ def draw_topk_noise(
 ) -> Tensor:
     """Noise ``[num_samples, *batch, n]`` in the compute dtype; ``kappa=None`` is each row's k (at least 1)."""
     dt, dev = P.theta.dtype, P.theta.device
-    if kappa is None:  # kappa = k per row (Niepert et al.'s choice for k-subsets)
-        kappa = k_total(P).clamp_min(1).to(dt).reshape(*P.batch_shape, 1)
-    return draw_noise((num_samples, *P.batch_shape, P.n), noise=noise, kappa=kappa, s=s, noise_scale=noise_scale,
+    # kappa = k per row by default (Niepert et al.'s choice for k-subsets)
+    shape: float | Tensor = k_total(P).clamp_min(1).to(dt).reshape(*P.batch_shape, 1) if kappa is None else kappa
+    return draw_noise((num_samples, *P.batch_shape, P.n), noise=noise, kappa=shape, s=s, noise_scale=noise_scale,
                       dtype=dt, device=dev, generator=generator)
 
 
@@ -433,7 +433,7 @@ def score_surrogate(
 # hyper-parameter checks: ValueError/TypeError naming the estimator and the hyper-parameter
 
 
-def _is_real(x: object) -> bool:
+def _is_real(x: object) -> TypeGuard[numbers.Real]:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 

@@ -18,6 +18,7 @@ each is registered as the count-constraint version of its exactly-k namesake, so
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -100,6 +101,8 @@ def imle(
 
 
 #: Registry names with a count-constraint version.
-SUPPORTED = {"simple": simple, "ste": ste, "score_function": score_function, "imle": imle}
+SUPPORTED: dict[str, Callable[..., Any]] = {
+    "simple": simple, "ste": ste, "score_function": score_function, "imle": imle,
+}
 for _name, _fn in SUPPORTED.items():
     register_counts(_name, _fn)
