@@ -1,0 +1,194 @@
+"""The float-range limit of extreme *finite* logits (the "limit rule").
+
+``p(z) ∝ exp(theta · z)`` is continuous in ``theta``, and as one logit runs off to ``-inf`` (``+inf``) the
+distribution tends to the one where that item is unavailable (forced). A finite logit that lies further below
+(above) the others than ``exp`` can resolve in the compute dtype is already *at* that limit to rounding, so it is
+treated exactly so: masking with ``torch.finfo(dtype).min``, filling with ``-1e15`` or a logit of ``1e20`` then
+give the same samples, marginals, entropy and gradients as a boolean mask or a ``+inf`` logit would, instead of
+overflowing the engines' arithmetic.
+
+The rule, per row, on the free items of the canonical problem (``k`` of ``m`` to choose): sort their logits
+``t_1 >= ... >= t_m`` and call a gap ``t_j - t_{j+1} > G`` *decisive*, with ``G = -log(smallest subnormal) +
+log(2n)`` of the compute dtype. A decisive gap at ``j <= k`` forces items ``1..j``: a k-subset that leaves one of
+them out swaps it for an item below the gap, so ``Pr(leave out) <= n e^{-G}``, half the smallest subnormal. A
+decisive gap at ``j >= k`` makes items ``j+1..m`` unavailable (the same bound). Between the last forcing gap and
+the first removing gap no gap is decisive, so what remains spans at most ``(m - 1) G``. Ties at any magnitude
+(two items at ``1e30``, ``k = 1``) are never split: they share the probability as in the limit.
+
+What changes against the caller's logits ``x`` is exact to rounding:
+
+* ``log Z = sum_{limit-forced} x_i + k' r + log Z'`` where ``Z'`` is the partition function of the remaining
+  problem re-centred by ``r`` (:func:`log_z_offset`, computed without intermediate overflow);
+* ``log p(z)`` keeps its true finite value for every k-subset ``z`` (:func:`log_prob_terms`), very negative for
+  a ``z`` that leaves out a limit-forced item or takes a limit-removed one;
+* marginals are 1/0 on the limit items and their derivatives (the covariance) vanish there.
+
+Cost: a call pays one global min/max and one host sync (:func:`needed`) to learn that no row spans more than
+``G``; only then are the rows sorted. Under ``torch.compile`` and ``torch.func`` the rule runs inside the
+operator ``ksubset::limit`` (opaque to the compiler, so it neither breaks the graph nor depends on the data at
+trace time), and always returns the limit fields (empty when nothing is extreme).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["Limit", "limit_gap", "needed", "apply", "limit", "log_z_offset", "log_prob_terms", "expected_terms"]
+
+
+@dataclass
+class Limit:
+    """What the limit rule did to a ``[B, n]`` problem.
+
+    Attributes:
+        logits: ``[B, n]`` the caller's logits in the compute dtype (keeps the autograd link).
+        shift: ``[B]`` the re-centring ``r`` subtracted from the remaining free logits (detached; the largest
+            remaining free logit, or a value between the limit-forced and limit-removed ones).
+        forced: ``[B, n]`` bool, items forced by the limit (also in ``Problem.forced``).
+        removed: ``[B, n]`` bool, items made unavailable by the limit (still in ``Problem.available``).
+    """
+
+    logits: Tensor
+    shift: Tensor
+    forced: Tensor
+    removed: Tensor
+
+    @property
+    def rows(self) -> Tensor:
+        """``[B]`` bool, rows with at least one limit item."""
+        return (self.forced | self.removed).any(-1)
+
+
+def limit_gap(n: int, dtype: torch.dtype) -> float:
+    """``G = -log(smallest subnormal of dtype) + log(2n)``: beyond it ``n e^{-G}`` rounds to 0 in ``dtype``."""
+    fi = torch.finfo(dtype)
+    return -math.log(fi.tiny) - math.log(fi.eps) + math.log(2 * max(n, 1))
+
+
+def needed(x: Tensor, free: Tensor, all_free: bool) -> bool:
+    """Whether the free logits of ``x [B, n]`` span more than ``G`` anywhere (one reduction, one host sync).
+
+    A global span (over all rows) is an upper bound of every row's, so False is exact; True only means that the
+    rows must be looked at. Differences of finite floats overflow to ``+inf`` at worst (never NaN), which
+    compares correctly with ``G``.
+    """
+    if x.numel() == 0:
+        return False
+    if all_free:
+        lo, hi = torch.aminmax(x)
+    else:
+        hi = torch.where(free, x, -math.inf).amax()
+        lo = torch.where(free, x, math.inf).amin()
+    return bool(hi - lo > limit_gap(x.shape[-1], x.dtype))
+
+
+def apply(x: Tensor, k: Tensor, free: Tensor, forced: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The limit rule on a canonical problem (vectorised over rows, no host sync).
+
+    ``x [B, n]`` detached logits (finite on ``free``), ``k [B]`` free items to choose, ``free``/``forced``
+    ``[B, n]`` bool. Returns ``(k', free', forced', limit_forced, limit_removed, shift)``: ``k' [B] = k -
+    #limit_forced``, ``free'`` the remaining free items, ``forced' = forced | limit_forced``, and the re-centring
+    ``shift [B]`` (see :class:`Limit`).
+    """
+    B, n = x.shape
+    G = limit_gap(n, x.dtype)
+    m = free.sum(-1, keepdim=True)
+    t, order = torch.where(free, x, -math.inf).sort(-1, descending=True)  # free items first
+    j = torch.arange(1, n, device=x.device)  # a gap after position j has j items above it
+    # Both sides of the gap are free (j < m); t_j - t_{j+1} is >= 0 or +inf, never NaN there.
+    decisive = (j < m) & (t[:, :-1] - t[:, 1:] > G)
+    kk = k.unsqueeze(-1)
+    j_forced = torch.where(decisive & (j <= kk), j, 0).amax(-1, keepdim=True) if n > 1 else m * 0
+    j_removed = torch.where(decisive & (j >= kk), j, n).amin(-1, keepdim=True) if n > 1 else m
+    j_removed = torch.minimum(j_removed, m)
+    rank = torch.arange(n, device=x.device)
+    lf = torch.zeros_like(free).scatter(-1, order, rank < j_forced)
+    lr = torch.zeros_like(free).scatter(-1, order, (rank >= j_removed) & (rank < m))
+    # The largest logit below the forced block (the top remaining free item, else the top removed one), or the
+    # smallest forced one when nothing is below: limit-forced logits are >= it, limit-removed ones <= it.
+    at = torch.minimum(j_forced, (m - 1).clamp(min=0))
+    shift = torch.where(m > 0, t.gather(-1, at), 0.0).squeeze(-1)
+    return k - j_forced.squeeze(-1), free & ~lf & ~lr, forced | lf, lf, lr, shift
+
+
+def _limit(x: Tensor, k: Tensor, free: Tensor, forced: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The operator's implementation: :func:`apply` when :func:`needed`, else the problem unchanged."""
+    if needed(x, free, False):
+        return apply(x, k, free, forced)
+    none = torch.zeros_like(free)
+    return k.clone(), free.clone(), forced.clone(), none, none.clone(), x.new_zeros(x.shape[:1])
+
+
+limit = torch.library.custom_op("ksubset::limit", mutates_args=())(_limit)
+
+
+@limit.register_fake
+def _(x, k, free, forced):
+    B, n = x.shape
+    flags = [x.new_empty((B, n), dtype=torch.bool) for _ in range(4)]
+    return k.new_empty((B,)), flags[0], flags[1], flags[2], flags[3], x.new_empty((B,))
+
+
+def _limit_vmap(info, in_dims, x, k, free, forced):
+    from .ops import _fold_rows, _unfold
+
+    V = info.batch_size
+    args = [_fold_rows(a, d, V) for a, d in zip((x, k, free, forced), in_dims, strict=True)]
+    return tuple(_unfold(o, V) for o in limit(*args)), (0,) * 6
+
+
+torch.library.register_vmap(limit, _limit_vmap)
+
+
+def _scale(n: int) -> float:
+    """``2^-s`` with ``2^s >= 2n``: a sum of ``n`` scaled finite floats cannot overflow (and scaling is exact)."""
+    return 2.0 ** -(2 * max(n, 1)).bit_length()
+
+
+def log_z_offset(lim: Limit, k: Tensor) -> Tensor:
+    """``sum_{limit-forced} x_i + k r`` per row, ``[B]`` (``k`` the remaining free items to choose).
+
+    Summed at ``2^-s`` scale so that mixed signs near ``finfo.max`` cannot make ``inf - inf``; ``±inf`` only
+    where the true value is beyond the dtype. Differentiable in the caller's logits (derivative 1 on limit-forced
+    items: they are in every k-subset).
+    """
+    x = lim.logits
+    a = _scale(x.shape[-1])
+    s = torch.where(lim.forced, x, 0.0).mul(a).sum(-1) + k.to(x.dtype) * (lim.shift * a)
+    return s / a
+
+
+def _scaled_gaps(lim: Limit) -> Tensor:
+    """``(x_i - r) 2^-s`` on limit items, 0 elsewhere, ``[B, n]``: finite even where ``x_i - r`` overflows.
+
+    Zero (not ``±inf``) off the limit items, so that no ``0 * inf`` reaches a gradient.
+    """
+    x = lim.logits
+    a = _scale(x.shape[-1])
+    d = x * a - (lim.shift * a).unsqueeze(-1)
+    return torch.where(lim.forced | lim.removed, d, 0.0)
+
+
+def log_prob_terms(lim: Limit, z: Tensor, unflatten) -> Tensor:
+    """``sum_{limit-forced} (x_i - r)(z_i - 1) + sum_{limit-removed} (x_i - r) z_i``, ``[..., *batch]``.
+
+    With the re-centred remaining problem this completes ``log p(z)`` for any ``z`` on the support (0/1, ``k``
+    ones among the available items): every term is ``<= 0`` (limit-forced logits are ``>= r``, limit-removed
+    ones ``<= r``), so the sum is the true value, or ``-inf`` beyond the dtype, never NaN. ``z`` in the compute
+    dtype, ``[..., *batch, n]``; ``unflatten`` maps ``[B, n]`` to ``[*batch, n]``.
+    """
+    d = unflatten(_scaled_gaps(lim))
+    lf, lr = unflatten(lim.forced), unflatten(lim.removed)
+    out = torch.where(lf & (z != 1), -d, 0.0) + torch.where(lr & (z != 0), d, 0.0)
+    return out.sum(-1) / _scale(lim.logits.shape[-1])
+
+
+def expected_terms(lim: Limit, mu: Tensor) -> Tensor:
+    """The expectation of :func:`log_prob_terms` under marginals ``mu [B, n]``, ``[B]`` (``<= 0``, never NaN)."""
+    d = _scaled_gaps(lim)
+    out = torch.where(lim.forced, d * (mu - 1), 0.0) + torch.where(lim.removed, d * mu, 0.0)
+    return out.sum(-1) / _scale(lim.logits.shape[-1])
