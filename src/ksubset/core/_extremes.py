@@ -18,7 +18,9 @@ the first removing gap no gap is decisive, so what remains spans at most ``(m - 
 What changes against the caller's logits ``x`` is exact to rounding:
 
 * ``log Z = sum_{limit-forced} x_i + k' r + log Z'`` where ``Z'`` is the partition function of the remaining
-  problem re-centred by ``r`` (:func:`log_z_offset`, computed without intermediate overflow);
+  problem re-centred by ``r`` (:func:`log_z_offset`, computed without intermediate overflow); ``r`` is the
+  largest remaining logit where subtracting it is exact (so ``log Z`` of ties at ``1e30`` keeps its ``log 2``),
+  else 0;
 * ``log p(z)`` keeps its true finite value for every k-subset ``z`` (:func:`log_prob_terms`), very negative for
   a ``z`` that leaves out a limit-forced item or takes a limit-removed one;
 * marginals are 1/0 on the limit items and their derivatives (the covariance) vanish there.
@@ -46,8 +48,9 @@ class Limit:
 
     Attributes:
         logits: ``[B, n]`` the caller's logits in the compute dtype (keeps the autograd link).
-        shift: ``[B]`` the re-centring ``r`` subtracted from the remaining free logits (detached; the largest
-            remaining free logit, or a value between the limit-forced and limit-removed ones).
+        shift: ``[B]`` the re-centring ``r`` subtracted from the remaining free logits (detached): the largest
+            remaining free logit where that subtraction is exact (large logits), else 0; a value between the
+            limit-forced and limit-removed ones when no free item remains.
         forced: ``[B, n]`` bool, items forced by the limit (also in ``Problem.forced``).
         removed: ``[B, n]`` bool, items made unavailable by the limit (still in ``Problem.available``).
     """
@@ -108,10 +111,15 @@ def apply(x: Tensor, k: Tensor, free: Tensor, forced: Tensor) -> tuple[Tensor, T
     rank = torch.arange(n, device=x.device)
     lf = torch.zeros_like(free).scatter(-1, order, rank < j_forced)
     lr = torch.zeros_like(free).scatter(-1, order, (rank >= j_removed) & (rank < m))
-    # The largest logit below the forced block (the top remaining free item, else the top removed one), or the
-    # smallest forced one when nothing is below: limit-forced logits are >= it, limit-removed ones <= it.
-    at = torch.minimum(j_forced, (m - 1).clamp(min=0))
-    shift = torch.where(m > 0, t.gather(-1, at), 0.0).squeeze(-1)
+    # The re-centring r: the largest logit below the forced block (the top remaining free item, else the top
+    # removed one; the smallest forced one when nothing is below), so limit-forced logits are >= r and
+    # limit-removed ones <= r. Applied only where subtracting it is exact for every remaining item (Sterbenz:
+    # |r| >= 2 * their span; 4 * for the rounding of the span): elsewhere the remaining logits are moderate, and
+    # rounding them in the compute dtype would cost the engines accuracy for nothing.
+    top = t.gather(-1, torch.minimum(j_forced, (m - 1).clamp(min=0)))
+    bottom = t.gather(-1, (j_removed - 1).clamp(min=0))
+    exact = (j_removed == j_forced) | (top.abs() >= 4 * (top - bottom))
+    shift = torch.where((m > 0) & exact, top, 0.0).squeeze(-1)
     return k - j_forced.squeeze(-1), free & ~lf & ~lr, forced | lf, lf, lr, shift
 
 
@@ -177,9 +185,10 @@ def log_prob_terms(lim: Limit, z: Tensor, unflatten) -> Tensor:
     """``sum_{limit-forced} (x_i - r)(z_i - 1) + sum_{limit-removed} (x_i - r) z_i``, ``[..., *batch]``.
 
     With the re-centred remaining problem this completes ``log p(z)`` for any ``z`` on the support (0/1, ``k``
-    ones among the available items): every term is ``<= 0`` (limit-forced logits are ``>= r``, limit-removed
-    ones ``<= r``), so the sum is the true value, or ``-inf`` beyond the dtype, never NaN. ``z`` in the compute
-    dtype, ``[..., *batch, n]``; ``unflatten`` maps ``[B, n]`` to ``[*batch, n]``.
+    ones among the available items), for any ``r``. Summed at ``2^-s`` scale, so no intermediate overflows and
+    the result is the true value or ``-inf`` beyond the dtype, never NaN (when ``r`` is the top remaining logit
+    every term is ``<= 0``; when it is 0 the remaining logits are moderate). ``z`` in the compute dtype,
+    ``[..., *batch, n]``; ``unflatten`` maps ``[B, n]`` to ``[*batch, n]``.
     """
     d = unflatten(_scaled_gaps(lim))
     lf, lr = unflatten(lim.forced), unflatten(lim.removed)
@@ -188,7 +197,7 @@ def log_prob_terms(lim: Limit, z: Tensor, unflatten) -> Tensor:
 
 
 def expected_terms(lim: Limit, mu: Tensor) -> Tensor:
-    """The expectation of :func:`log_prob_terms` under marginals ``mu [B, n]``, ``[B]`` (``<= 0``, never NaN)."""
+    """The expectation of :func:`log_prob_terms` under marginals ``mu [B, n]``, ``[B]`` (never NaN)."""
     d = _scaled_gaps(lim)
     out = torch.where(lim.forced, d * (mu - 1), 0.0) + torch.where(lim.removed, d * mu, 0.0)
     return out.sum(-1) / _scale(lim.logits.shape[-1])
