@@ -86,7 +86,7 @@ def needed(x: Tensor, free: Tensor, all_free: bool) -> bool:
     else:
         hi = torch.where(free, x, -math.inf).amax()
         lo = torch.where(free, x, math.inf).amin()
-    return bool(hi - lo > limit_gap(x.shape[-1], x.dtype))
+    return (hi - lo).item() > limit_gap(x.shape[-1], x.dtype)
 
 
 def apply(x: Tensor, k: Tensor, free: Tensor, forced: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
