@@ -25,10 +25,10 @@ What changes against the caller's logits ``x`` is exact to rounding:
   a ``z`` that leaves out a limit-forced item or takes a limit-removed one;
 * marginals are 1/0 on the limit items and their derivatives (the covariance) vanish there.
 
-Cost: a call pays one global min/max and one host sync (:func:`needed`) to learn that no row spans more than
-``G``; only then are the rows sorted. Under ``torch.compile`` and ``torch.func`` the rule runs inside the
-operator ``ksubset::limit`` (opaque to the compiler, so it neither breaks the graph nor depends on the data at
-trace time), and always returns the limit fields (empty when nothing is extreme).
+Cost: a call pays one global min/max and one host sync (:func:`needed`) to learn that no logit is beyond ``±G``
+and no row spans more than ``G``; only otherwise are the rows sorted. Under ``torch.compile`` and ``torch.func`` the
+rule runs inside the operator ``ksubset::limit`` (opaque to the compiler, so it neither breaks the graph nor
+depends on the data at trace time), and always returns the limit fields (empty when nothing is extreme).
 """
 
 from __future__ import annotations
@@ -73,11 +73,13 @@ def limit_gap(n: int, dtype: torch.dtype) -> float:
 
 
 def needed(x: Tensor, free: Tensor, all_free: bool) -> bool:
-    """Whether the free logits of ``x [B, n]`` span more than ``G`` anywhere (one reduction, one host sync).
+    """Whether any free logit of ``x [B, n]`` is beyond ``±G`` or the free logits span more than ``G`` (one
+    reduction, one host sync).
 
-    A global span (over all rows) is an upper bound of every row's, so False is exact; True only means that the
-    rows must be looked at. Differences of finite floats overflow to ``+inf`` at worst (never NaN), which
-    compares correctly with ``G``.
+    The span: a global one (over all rows) bounds every row's, so False is exact; True only means that the rows
+    must be looked at. The magnitude: rows of large logits are re-centred (where that is exact), so that the
+    engines never see them. Differences of finite floats overflow to ``+inf`` at worst (never NaN), which
+    compares correctly with ``G``; with no free item the test is ``-inf > G``.
     """
     if x.numel() == 0:
         return False
@@ -86,7 +88,8 @@ def needed(x: Tensor, free: Tensor, all_free: bool) -> bool:
     else:
         hi = torch.where(free, x, -math.inf).amax()
         lo = torch.where(free, x, math.inf).amin()
-    return (hi - lo).item() > limit_gap(x.shape[-1], x.dtype)
+    beyond = torch.maximum(hi - lo, torch.maximum(hi, -lo))
+    return beyond.item() > limit_gap(x.shape[-1], x.dtype)
 
 
 def apply(x: Tensor, k: Tensor, free: Tensor, forced: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
