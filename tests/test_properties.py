@@ -44,6 +44,7 @@ def problems(draw):
     seed = draw(st.integers(0, 2**31 - 1))
     g = torch.Generator().manual_seed(seed)
     theta = torch.randn(B, n, generator=g, dtype=torch.float64) * scale
+    theta = theta.nan_to_num(posinf=fi.max, neginf=fi.min)  # scale = finfo(float64).max overflows
     if draw(st.booleans()):  # ties
         theta = theta.round()
     if draw(st.booleans()):  # sprinkle the extremes of the range among the others
@@ -63,8 +64,9 @@ def problems(draw):
         idx = torch.nonzero(forced_candidates[b]).flatten()[:k]
         theta[b, idx] = float("inf")
         ks.append(k)
-    # every engine; the sequential reference only on small rows (it is slow)
-    engines = [e for e in available_engines() if e != "reference" or n <= 20]
+    # every engine; the sequential reference only on small float64 rows: it is slow, and it is the float64
+    # oracle (in float32 its marginals may exceed 1 by an ulp, which this property would flag)
+    engines = [e for e in available_engines() if e != "reference" or (n <= 20 and dtype == torch.float64)]
     return _to_dtype(theta, dtype), torch.tensor(ks), mask, draw(st.sampled_from(engines))
 
 

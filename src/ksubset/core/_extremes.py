@@ -18,7 +18,7 @@ the first removing gap no gap is decisive, so what remains spans at most ``(m - 
 What changes against the caller's logits ``x`` is exact to rounding:
 
 * ``log Z = sum_{limit-forced} x_i + k' r + log Z'`` where ``Z'`` is the partition function of the remaining
-  problem re-centred by ``r`` (:func:`log_z_offset`, computed without intermediate overflow); ``r`` is the
+  problem re-centred by ``r`` (:func:`full_log_z`, computed without intermediate overflow); ``r`` is the
   largest remaining logit where subtracting it is exact (so ``log Z`` of ties at ``1e30`` keeps its ``log 2``),
   else 0;
 * ``log p(z)`` keeps its true finite value for every k-subset ``z`` (:func:`log_prob_terms`), very negative for
@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["Limit", "limit_gap", "needed", "apply", "limit", "log_z_offset", "log_prob_terms", "expected_terms"]
+__all__ = ["Limit", "limit_gap", "needed", "apply", "limit", "full_log_z", "log_prob_terms", "expected_terms"]
 
 
 @dataclass
@@ -160,17 +160,38 @@ def _scale(n: int) -> float:
     return 2.0 ** -(2 * max(n, 1)).bit_length()
 
 
-def log_z_offset(lim: Limit, k: Tensor) -> Tensor:
-    """``sum_{limit-forced} x_i + k r`` per row, ``[B]`` (``k`` the remaining free items to choose).
+def _two_sum_rows(t: Tensor) -> Tensor:
+    """``sum(t, -1)`` to about twice the working precision, ``[B]`` (pairwise sums with Knuth's error-free
+    TwoSum; the rounding errors are carried and added at the end). The terms must not overflow when added
+    (callers pass them scaled). Differentiable: the derivative with respect to every term is exactly 1."""
+    err = torch.zeros_like(t[..., 0])
+    while t.shape[-1] > 1:
+        if t.shape[-1] % 2:
+            t = torch.cat([t, torch.zeros_like(t[..., :1])], -1)
+        a, b = t[..., 0::2], t[..., 1::2]
+        s = a + b
+        bb = s - a
+        err = err + ((a - (s - bb)) + (b - bb)).sum(-1)
+        t = s
+    return t[..., 0] + err
 
-    Summed at ``2^-s`` scale so that mixed signs near ``finfo.max`` cannot make ``inf - inf``; ``±inf`` only
-    where the true value is beyond the dtype. Differentiable in the caller's logits (derivative 1 on limit-forced
-    items: they are in every k-subset).
+
+def full_log_z(lim: Limit, k: Tensor, log_z: Tensor) -> Tensor:
+    """``sum_{limit-forced} x_i + k r + log_z`` per row, ``[B]``: ``log Z`` of the caller's logits from ``log_z``
+    ``[B]`` of the remaining problem (``k [B]`` items to choose among logits re-centred by ``r``).
+
+    Summed at ``2^-s`` scale (no intermediate ``inf - inf`` near ``finfo.max``; ``±inf`` only where the true value
+    is beyond the dtype) and compensated (``finfo.max + 1e30 - finfo.max`` is ``1e30``); ``k r`` enters as the
+    exact terms ``2^b r`` of ``k``'s binary digits. Differentiable in the caller's logits (derivative 1 on
+    limit-forced items: they are in every k-subset).
     """
     x = lim.logits
     a = _scale(x.shape[-1])
-    s = torch.where(lim.forced, x, 0.0).mul(a).sum(-1) + k.to(x.dtype) * (lim.shift * a)
-    return s / a
+    bits = torch.arange(max(x.shape[-1], 1).bit_length(), device=x.device)
+    digits = ((k.unsqueeze(-1) >> bits) & 1).to(x.dtype)  # k = sum_b digits_b 2^b
+    kr = digits * (2.0**bits).to(x.dtype) * (lim.shift * a).unsqueeze(-1)
+    terms = torch.cat([torch.where(lim.forced, x, 0.0) * a, kr, (log_z * a).unsqueeze(-1)], -1)
+    return _two_sum_rows(terms) / a
 
 
 def _scaled_gaps(lim: Limit) -> Tensor:

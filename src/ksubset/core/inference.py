@@ -57,7 +57,7 @@ def _full_log_z(P: Problem) -> Tensor:
     limit-forced logits and the re-centring."""
     lz = _log_z(P)
     if P.limit is not None:
-        lz = lz + _extremes.log_z_offset(P.limit, P.k)
+        lz = _extremes.full_log_z(P.limit, P.k, lz)
     return lz
 
 
