@@ -299,3 +299,15 @@ def test_gaps_within_the_float_range_are_resolved_not_cut(engine, dtype, gap, re
     assert abs(mu / true - 1) < 1e-5, (mu, true)
     lp = float(ksubset.log_prob(x, 1, torch.tensor([0.0, 1.0, 0.0], dtype=dtype)))
     assert abs(lp - (-gap - math.log(1 + math.exp(0.5)))) < 1e-5 * gap, lp
+
+
+def test_ordinary_logits_skip_the_limit_rule():
+    """The common call (moderate logits, masked or not) never runs the rule: no sort, logits not shifted."""
+    from ksubset.core import prepare
+
+    x = torch.randn(4, 50) * 10
+    assert prepare(x, 3).limit is None
+    assert prepare(x, 3, torch.rand(4, 50) > 0.3).limit is None
+    assert prepare(x.masked_fill(torch.rand(4, 50) > 0.5, float("-inf")), 3).limit is None
+    assert prepare(torch.full((2, 3), 500.0), 1).limit is not None  # large logits are re-centred
+    assert prepare(x.masked_fill(torch.rand(4, 50) > 0.5, -1e9), 3).limit is not None

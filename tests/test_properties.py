@@ -218,6 +218,13 @@ def test_every_quantity_is_that_of_the_limit_problem(row):
         h = ksubset.entropy(t, k, mask)
         assert abs(float(h.detach()) - e.entropy) <= tol * max(1.0, e.entropy), (engine, float(h), e.entropy)
 
+        # KL to the uniform k-subsets of every item the caller left available; KL(p || p) = 0
+        n_avail = int((mask & (x != -math.inf)).sum())
+        kl_u = float(ksubset.kl_uniform(x, k, mask))
+        want_kl = math.log(math.comb(n_avail, k)) - e.entropy
+        assert abs(kl_u - want_kl) <= tol * max(1.0, abs(want_kl)), (engine, kl_u, want_kl)
+        assert abs(float(ksubset.kl_divergence(x, x, k, mask))) <= tol, engine
+
         z = ksubset.sample(x, k, mask, sample_shape=(32,), generator=torch.Generator().manual_seed(0))
         assert (z.sum(-1) == k).all()
         assert (z[:, limit == np.inf] == 1).all() and (z[:, (limit == -np.inf) | ~mask.numpy()] == 0).all()
