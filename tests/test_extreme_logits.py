@@ -170,6 +170,7 @@ def test_finfo_max_mixes(engine):
         ([small, small, small, 0.25, small], 2),  # ties at finfo.min fill k
         ([1e30, -1e30, 1e-30, -1e-30, small], 3),
         ([1e6 + 0.5, 1e6, 1e6 - 1.25, -1e30, 3.0], 2),  # a cluster at 1e6 with resolvable offsets
+        ([big, 1e30, small, 0.5, -0.25], 5),  # log Z = big + 1e30 + small + 0.25 = 1e30 (no cancellation loss)
     ]
     for values, k in rows:
         x = torch.tensor(values, dtype=torch.float32)
