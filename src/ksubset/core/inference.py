@@ -205,7 +205,7 @@ def log_prob(
         raise ValueError("z is not a k-subset of the available items in every row (see ksubset.log_prob)")
     score = (P.unflatten(_theta_or_zero(P)) * zc).sum(-1)
     lp = score - _log_z(P).reshape(P.batch_shape)
-    if P.limit is not None:  # theta is re-centred: the terms of the limit items complete log p(z)
+    if P.limit is not None:  # the limit items' terms (and the re-centring of theta) complete log p(z)
         lp = lp + _extremes.log_prob_terms(P.limit, zc, P.unflatten)
     return torch.where(ok, lp, float("-inf")).to(P.dtype)
 
