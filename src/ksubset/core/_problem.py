@@ -30,7 +30,7 @@ from torch import Tensor
 
 from . import _extremes, ops
 from ._extremes import Limit
-from .engine import resolve
+from .engine import engine_for_call
 
 __all__ = ["Problem", "prepare", "compute_dtype", "check_generator"]
 
@@ -178,7 +178,7 @@ def prepare(logits: Tensor, k: int | Tensor, mask: Tensor | None = None, *, name
     flat_mask = None if mask is None else mask.reshape(-1, n)
     x_in, k_in = x.detach(), kt.reshape(-1)
     k_static = int(k) if isinstance(k, int) else None
-    engine = resolve(device, dt)
+    engine = engine_for_call(device, dt, n, k_static)
     if ops.direct(x_in, k_in, flat_mask):
         k_free, free, forced, all_free = ops.canonical_checked(x_in, k_in, flat_mask, batch_shape, name, k_static)
         if not _extremes.needed(x_in, free, all_free):
