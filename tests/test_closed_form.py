@@ -129,3 +129,24 @@ def test_closed_form_simple_and_layer_run_compiled_and_vmapped():
     z.sum().backward()
     mu = torch.func.vmap(lambda t: ksubset.marginals(t, 4))(x.detach())
     torch.testing.assert_close(mu, 1 - torch.softmax(-x.detach(), -1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("which", ["one", "all_but_one"])
+def test_closed_form_agrees_with_the_general_engine_at_the_extremes_of_the_float_range(dtype, which):
+    fi = torch.finfo(dtype)
+    rows = torch.tensor([
+        [fi.max, 0.0, 1.0, fi.min, -3.0],  # one item beyond the range above, one below
+        [1e30, 1e30, 0.5, -2.0, 1e-30],  # a tie of huge logits
+        [0.3, fi.min, fi.min, -1.0, 2.0],  # finfo.min as a mask
+        [-1e30, 1e30, 1e-30, -1e-30, 0.0],
+        [20.0, -15.0, 3.0, 1e4, -1e4],
+    ], dtype=dtype)
+    k = 1 if which == "one" else rows.shape[-1] - 1
+    got = [ksubset.log_partition(rows, k), ksubset.marginals(rows, k), ksubset.entropy(rows, k)]
+    with use_engine("tree"):
+        want = [ksubset.log_partition(rows, k), ksubset.marginals(rows, k), ksubset.entropy(rows, k)]
+    for g, w in zip(got, want, strict=True):
+        assert torch.isfinite(g).all()
+        torch.testing.assert_close(g, w, rtol=4 * fi.eps, atol=4 * fi.eps)
+    assert (ksubset.entropy(rows, k) >= 0).all()

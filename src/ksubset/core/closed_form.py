@@ -122,7 +122,7 @@ def entropy(theta: Tensor, k: Tensor, K: int | None = None) -> Tensor:
     """``H`` ``[B]``: the entropy of the categorical (0 for deterministic rows)."""
     R = _Rows(theta, k)
     terms = torch.where(R.p > 0, R.p * R.log_p, torch.zeros((), dtype=theta.dtype, device=theta.device))
-    return -terms.sum(-1)
+    return 0.0 - terms.sum(-1)  # (not -sum: a deterministic row's entropy is +0, not -0)
 
 
 def uniforms(theta: Tensor, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
