@@ -105,8 +105,8 @@ def engine_module(name: str) -> ModuleType:
     """The module implementing engine ``name`` (raises ``ValueError`` for unknown/unavailable names)."""
     if name in _BUILTIN:
         return _BUILTIN[name]
-    if name == CLOSED_FORM:
-        return closed_form
+    if name in CLOSED_FORMS:
+        return CLOSED_FORMS[name]  # type: ignore[return-value]  # an object with the engine's functions
     if name == "kernels" and _kernels() is not None:
         return _kernels()  # type: ignore[return-value]
     raise ValueError(f"unknown or unavailable engine {name!r}; available: {available_engines()}")
@@ -163,16 +163,20 @@ def current_override() -> str | None:
     return choice if choice is not None else _global_choice
 
 
-#: The engine of rows that choose one item or all but one (not a general engine: chosen per call, below).
-CLOSED_FORM = "closed_form"
+#: The engines of rows that choose one item or all but one (not general engines: chosen per call, below).
+CLOSED_FORMS = {"closed_form_one": closed_form.ONE, "closed_form_all_but_one": closed_form.ALL_BUT_ONE}
 
 
 def engine_for_call(device: torch.device, dtype: torch.dtype, n: int, k_static: int | None) -> str:
     """The engine for one public call: :func:`resolve`, except that without a forced choice a Python-int
     ``k ≤ 1`` or ``k ≥ n − 1`` takes the closed forms of :mod:`.closed_form` (every row then has
-    ``k ∈ {0, 1, m − 1, m}`` free items to choose, whatever the mask and the infinite logits)."""
-    if current_override() is None and k_static is not None and (k_static <= 1 or k_static >= n - 1):
-        return CLOSED_FORM
+    ``k ∈ {0, 1}``, respectively ``k ∈ {m − 1, m}``, of its ``m`` free items, whatever the mask, the infinite
+    logits and the limit rule)."""
+    if current_override() is None and k_static is not None:
+        if k_static <= 1:
+            return "closed_form_one"
+        if k_static >= n - 1:
+            return "closed_form_all_but_one"
     return resolve(device, dtype)
 
 

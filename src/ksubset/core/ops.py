@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 from torch.utils._python_dispatch import _disable_current_modes
 
-from .engine import CLOSED_FORM, default_engine, engine_module
+from .engine import CLOSED_FORMS, default_engine, engine_module
 from .numerics import tilt
 
 __all__ = [
@@ -70,7 +70,7 @@ def _engine(name: str, device: torch.device) -> ModuleType:
 def _K(k: Tensor, engine: str = "") -> int | None:
     """The truncation length ``max(k)`` (a host value: read inside the operators, never in a graph); the
     closed forms do not need it (and skip the host synchronisation)."""
-    if engine == CLOSED_FORM:
+    if engine in CLOSED_FORMS:
         return None
     return int(k.max()) if k.numel() else 0
 
