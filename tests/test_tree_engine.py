@@ -275,6 +275,7 @@ def test_chunked_convolutions_match(monkeypatch):
                 tree.cov_vec(theta, k, 30, v),
                 tree.entropy(theta, k, 30),
                 tree.sample_given(theta, k, 30, u),
+                tree.cov3(theta, k, 30, v, v.flip(-1)),
             )
         )
     for other in outs[1:]:
@@ -282,6 +283,8 @@ def test_chunked_convolutions_match(monkeypatch):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(outs[1][0], reference.log_partition(theta, k, 30), rtol=1e-12, atol=0)
     torch.testing.assert_close(outs[1][1], reference.marginals(theta, k, 30), rtol=0, atol=1e-12)
+    torch.testing.assert_close(outs[1][2], reference.cov_vec(theta, k, 30, v), rtol=0, atol=1e-12)
+    torch.testing.assert_close(outs[1][5], reference.cov3(theta, k, 30, v, v.flip(-1)), rtol=0, atol=1e-12)
 
 
 def test_expanded_logits():

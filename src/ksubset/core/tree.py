@@ -116,7 +116,7 @@ def _leaves(x: Tensor, K: int) -> Tensor:
     return torch.stack([torch.sigmoid(-x), torch.sigmoid(x)], dim=-1)[..., : K + 1]
 
 
-def _banded(padded: Tensor, vec: Tensor, out_len: int) -> Tensor:
+def _banded_impl(padded: Tensor, vec: Tensor, out_len: int) -> Tensor:
     """``out[p, j] = sum_t padded[p, j + t] vec[p, t]`` for ``j < out_len``, ``t < L``.
 
     ``padded [P, >= out_len + L - 1]``, ``vec [P, L]`` → ``[P, out_len]``. The banded matrix is a strided
@@ -140,6 +140,60 @@ def _banded(padded: Tensor, vec: Tensor, out_len: int) -> Tensor:
         ]
         out.append(torch.cat(parts))
     return torch.stack(out)
+
+
+def _full_conv(g: Tensor, vec: Tensor, width: int) -> Tensor:
+    """``out[p, s] = sum_j g[p, j] vec[p, s - j]`` for ``s < width`` (``g [P, Lg]``, ``vec [P, L]``)."""
+    Lg, L = g.shape[-1], vec.shape[-1]
+    padded = F.pad(vec, (Lg - 1, max(0, width - L)))  # padded[s + t] = vec[s - (Lg - 1 - t)]
+    return _banded(padded, g.flip(-1), width)
+
+
+class _Banded(torch.autograd.Function):
+    """:func:`_banded_impl` with its derivatives written as banded products too, so that no derivative (forward,
+    reverse, reverse over forward) keeps or builds more than a chunk of the banded matrix: what autograd
+    saves is the two level-sized inputs."""
+
+    generate_vmap_rule = True  # torch.func.hessian & co. vmap over the engine's forward-mode derivatives
+
+    @staticmethod
+    def forward(padded: Tensor, vec: Tensor, out_len: int) -> Tensor:
+        return _banded_impl(padded, vec, out_len)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        padded, vec, ctx.out_len = inputs
+        ctx.save_for_backward(padded, vec)
+        ctx.save_for_forward(padded, vec)
+
+    @staticmethod
+    def backward(ctx, g):
+        padded, vec = ctx.saved_tensors
+        d_padded = _full_conv(g, vec, padded.shape[-1]) if ctx.needs_input_grad[0] else None
+        d_vec = _banded(padded, g, vec.shape[-1]) if ctx.needs_input_grad[1] else None
+        return d_padded, d_vec, None
+
+    @staticmethod
+    def jvp(ctx, d_padded, d_vec, _):
+        padded, vec = ctx.saved_tensors
+        out = None
+        if d_padded is not None:
+            out = _banded(d_padded, vec, ctx.out_len)
+        if d_vec is not None:
+            t = _banded(padded, d_vec, ctx.out_len)
+            out = t if out is None else out + t
+        return out
+
+
+def _banded(padded: Tensor, vec: Tensor, out_len: int) -> Tensor:
+    """``out[p, j] = sum_t padded[p, j + t] vec[p, t]`` for ``j < out_len`` (see :func:`_banded_impl`).
+
+    A banded matrix that fits in one chunk goes to plain autograd (cheaper per call than a custom function,
+    and what it saves is at most a chunk); larger ones to :class:`_Banded`.
+    """
+    if vec.shape[0] * out_len * vec.shape[-1] <= CHUNK_ELEMENTS:
+        return _banded_impl(padded, vec, out_len)
+    return _Banded.apply(padded, vec, out_len)
 
 
 def _conv(left: Tensor, right: Tensor, out_len: int) -> Tensor:
