@@ -311,3 +311,31 @@ def test_expanded_logits():
     torch.testing.assert_close(results[0][1], results[1][1])
     e = _exact(base[0].numpy(), 6)
     np.testing.assert_allclose(results[0][1][0].numpy(), e.covariance @ tangent[0].numpy(), atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_public_api_gradients_at_extreme_spreads(dtype):
+    """Through the public functions under the tree engine: d log Z = mu, entropy and kl_uniform with their
+    gradients (``dH = -Cov(z, theta . z)``, taken over the exact relative log weights), against enumeration."""
+    theta, k = _rows(dtype)
+    t = theta.clone().requires_grad_(True)
+    with use_engine("tree"):
+        (g_lz,) = torch.autograd.grad(ksubset.log_partition(t, k).sum(), t)
+        ent = ksubset.entropy(t, k)
+        (g_h,) = torch.autograd.grad(ent.sum(), t)
+        klu = ksubset.kl_uniform(t, k)
+        (g_kl,) = torch.autograd.grad(klu.sum(), t)
+    tol = RTOL[dtype]
+    th64 = theta.double().numpy()
+    for r in range(theta.shape[0]):
+        e = _exact(th64[r], int(k[r]))
+        np.testing.assert_allclose(g_lz[r].double().numpy(), e.marginals, rtol=0, atol=tol)
+        rel = np.log(np.maximum(e.probs, 1e-320))  # theta . z up to a constant (log p only where p > 0 counts)
+        rel = np.where(e.probs > 0, rel, 0.0)
+        centred = rel - e.probs @ rel
+        grad_h = -((e.probs * centred) @ (e.subsets - e.marginals))
+        np.testing.assert_allclose(g_h[r].double().numpy(), grad_h, rtol=0, atol=10 * tol)
+        m = int(np.isfinite(th64[r]).sum())
+        log_binom = math.lgamma(m + 1) - math.lgamma(int(k[r]) + 1) - math.lgamma(m - int(k[r]) + 1)
+        assert abs(float(klu[r].detach()) - (log_binom - e.entropy)) <= tol * max(1.0, log_binom), r
+        np.testing.assert_allclose(g_kl[r].double().numpy(), -grad_h, rtol=0, atol=10 * tol)
