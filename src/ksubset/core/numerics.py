@@ -31,8 +31,10 @@ __all__ = [
 #: ``|sum_i sigmoid(theta_i + c) - target| <= TILT_TOLERANCE``; the bound is reached only by brackets spanning
 #: the whole float range (bisection on an asinh scale halves the bracket's logarithm).
 TILT_ITERATIONS = 200
-#: Iterations of the traceable tilt (no ``K``): a fixed count, no host synchronisation.
-TILT_FIXED_ITERATIONS = 32
+#: Iterations of the traceable tilt (no ``K``): a fixed count, no host synchronisation (each one is unrolled
+#: into compiled graphs). Enough from the centred start: its callers only need ``theta + c`` small near the
+#: boundary.
+TILT_FIXED_ITERATIONS = 12
 #: How far the expected count under the tilted Bernoullis may sit from its target. Within half an item of
 #: ``k``, ``Pr(S = k)`` is at least about ``1 / (2 (m + 1))`` (a Poisson-binomial's mode is within one of its
 #: mean), which is all the engines need.
