@@ -308,7 +308,8 @@ def log_partition(theta: Tensor, k: Tensor, K: int) -> Tensor:
     # The caller's tilted logits are -x on flipped rows, and its tilt c = delta - ref flips sign likewise.
     sign = torch.where(s.flip, -1.0, 1.0).to(theta.dtype)
     xo = sign.unsqueeze(-1) * x[:, :n]
-    acc = torch.float64 if theta.dtype in (torch.float32, torch.float64) else theta.dtype
+    # The head is a sum of up to k large logits: accumulate in float64 where the device has it (not MPS).
+    acc = torch.float64 if theta.device.type != "mps" else theta.dtype
     c = sign.to(acc) * (s.delta.to(acc) - s.ref.to(acc))
     above = s.free & (xo > 0)
     head = torch.where(above, theta, 0.0).to(acc).sum(-1)
