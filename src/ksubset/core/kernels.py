@@ -54,9 +54,12 @@ kernels release the GIL), claimed chunk by chunk so that a busy machine costs no
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import threading
+import warnings
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -82,6 +85,11 @@ __all__ = [
     "sample_given",
     "sample_and_marginals",
     "sample_and_marginals_given",
+    "FALLBACK_POLICY",
+    "KernelFallbackError",
+    "KernelFallbackWarning",
+    "fallback_count",
+    "fallback_policy",
 ]
 
 #: Largest forward table (entries, float64, per row in flight) kept whole; larger rows use checkpoints.
@@ -103,6 +111,58 @@ PARALLEL_MIN_WORK = 1 << 17
 
 #: Row chunks per thread (claimed dynamically; see ``_run_rows``).
 CHUNKS_PER_THREAD = 4
+
+
+#: What happens when a row cannot be computed by the kernel and is recomputed by the tree engine (the result
+#: stays exact): ``"warn"`` (a :class:`KernelFallbackWarning`), ``"raise"`` (a :class:`KernelFallbackError`
+#: instead of the fallback) or ``"silent"``. Every fallback is counted (:func:`fallback_count`).
+FALLBACK_POLICY = "warn"
+_POLICIES = ("warn", "raise", "silent")
+
+
+class KernelFallbackError(RuntimeError):
+    """A row could not be computed by the kernel and :data:`FALLBACK_POLICY` is ``"raise"``."""
+
+
+class KernelFallbackWarning(RuntimeWarning):
+    """A row could not be computed by the kernel and was recomputed by the tree engine."""
+
+
+_fallbacks = 0
+_fallback_lock = threading.Lock()
+
+
+def fallback_count() -> int:
+    """How many rows have been recomputed by the tree engine (or refused, under ``"raise"``) so far."""
+    return _fallbacks
+
+
+@contextlib.contextmanager
+def fallback_policy(policy: str) -> Iterator[None]:
+    """Run the block with :data:`FALLBACK_POLICY` set to ``policy`` (process-wide; restored on exit)."""
+    global FALLBACK_POLICY
+    if policy not in _POLICIES:
+        raise ValueError(f"policy must be one of {_POLICIES}, got {policy!r}")
+    before, FALLBACK_POLICY = FALLBACK_POLICY, policy
+    try:
+        yield
+    finally:
+        FALLBACK_POLICY = before
+
+
+def _on_fallback(what: str, rows: int) -> None:
+    """Count ``rows`` fallen-back rows of ``what`` and apply :data:`FALLBACK_POLICY`."""
+    global _fallbacks
+    with _fallback_lock:
+        _fallbacks += rows
+    policy = FALLBACK_POLICY
+    if policy not in _POLICIES:
+        raise ValueError(f"kernels.FALLBACK_POLICY must be one of {_POLICIES}, got {policy!r}")
+    msg = f"the kernels engine could not compute {what} for {rows} row(s); they are recomputed by the tree engine"
+    if policy == "raise":
+        raise KernelFallbackError(msg)
+    if policy == "warn":
+        warnings.warn(msg, KernelFallbackWarning, stacklevel=3)
 
 
 def available() -> bool:
@@ -898,7 +958,8 @@ def _sweep(theta: Tensor, k: Tensor, K: int, want_mu: bool, v: Tensor | None, u:
         s = _block_size(n, K, TABLE_LIMIT)
         _run_rows(_sweep_rows, B, n, K, th, kk, K, s, want_mu, want_cov, vv, uu, z, mu, cov, ok, dense)
     zt, mut, covt = torch.from_numpy(z), torch.from_numpy(mu), torch.from_numpy(cov)
-    if not ok.all():  # pragma: no cover - a safety net (see the module docstring)
+    if not ok.all():  # a safety net (see the module docstring)
+        _on_fallback("the sweep", int((~ok).sum()))
         zt, mut, covt = _fallback(theta, k, K, want_mu, v, u, ok, zt, mut, covt)
     return zt, mut, covt
 
@@ -936,9 +997,10 @@ def log_partition(theta: Tensor, k: Tensor, K: int) -> Tensor:
     _run_rows(_log_z_rows, B, n, K, th, kk, int(K), out, 0 < K <= DENSE_MAX_K)
     res = torch.from_numpy(out)
     bad = ~torch.isfinite(res)
-    if bad.any():  # pragma: no cover - a safety net (see the module docstring)
+    if bad.any():  # a safety net (see the module docstring)
         from . import tree
 
+        _on_fallback("log Z", int(bad.sum()))
         res[bad] = tree.log_partition(theta.detach().to(torch.float64)[bad], k[bad], K)
     return res.to(theta.dtype)
 
