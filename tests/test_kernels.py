@@ -289,3 +289,43 @@ def test_code_paths_agree(monkeypatch, path):
     torch.testing.assert_close(cov, reference.cov_vec(theta, k, K, v), rtol=1e-8, atol=1e-11)
     assert torch.equal(z.sum(-1), k.expand(3, -1)) and (z[:, ~torch.isfinite(theta)] == 0).all()
     torch.testing.assert_close(kernels.log_partition(theta, k, K), reference.log_partition(theta, k, K))
+
+
+def test_wide_logit_spread_needs_no_fallback():
+    """Spreads of ~1200 nats: exp(-(theta_i + c)) overflows for the lowest items; the kernel must still
+    compute every row itself (the autouse fixture turns a fallback into an error)."""
+    theta = torch.tensor([[534.0, -303.0, 896.0], [-1e3, 150.0, 199.0], [0.0, -1199.0, 1.0]], dtype=torch.float64)
+    for kk in (1, 2):
+        k = torch.full((3,), kk)
+        before = kernels.fallback_count()
+        torch.testing.assert_close(
+            kernels.log_partition(theta, k, kk), reference.log_partition(theta, k, kk), rtol=1e-15, atol=0
+        )
+        torch.testing.assert_close(kernels.marginals(theta, k, kk), reference.marginals(theta, k, kk))
+        assert kernels.fallback_count() == before
+
+
+def _broken_log_z_rows(theta, k, K, out, dense, b0, b1):
+    out[b0:b1] = np.nan
+
+
+@pytest.mark.kernel_fallback
+def test_fallback_policy(monkeypatch):
+    """A row the kernel cannot compute is counted, and warned about / refused / recomputed as the policy says."""
+    theta = torch.randn(3, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    k = torch.tensor([1, 4, 9])
+    expected = tree.log_partition(theta, k, 9)
+    monkeypatch.setattr(kernels, "_log_z_rows", _broken_log_z_rows)
+    before = kernels.fallback_count()
+    with pytest.warns(kernels.KernelFallbackWarning, match="3 row"):
+        torch.testing.assert_close(kernels.log_partition(theta, k, 9), expected)
+    assert kernels.fallback_count() == before + 3
+    with kernels.fallback_policy("silent"):
+        torch.testing.assert_close(kernels.log_partition(theta, k, 9), expected)
+    with kernels.fallback_policy("raise"), pytest.raises(kernels.KernelFallbackError, match="tree engine"):
+        kernels.log_partition(theta, k, 9)
+    assert kernels.fallback_count() == before + 9
+    assert kernels.FALLBACK_POLICY == "warn"
+    with pytest.raises(ValueError, match="policy"):
+        with kernels.fallback_policy("ignore"):
+            pass

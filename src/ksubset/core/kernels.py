@@ -271,10 +271,14 @@ if numba is not None:
                 c, lo, hi = _newton_update(c, f, fp, lo, hi)
             t = math.exp(-c - xref)
             for i in range(m):
-                e = p[i] * t
-                d = 1.0 / (1.0 + e)
-                p[i] = _flush(d)
-                q[i] = _flush(e * d)
+                e = p[i] * t  # exp(-(x_i + c)): overflows to inf when x_i + c < -709 (then e * d is inf * 0)
+                if e < np.inf:
+                    d = 1.0 / (1.0 + e)
+                    p[i] = _flush(d)
+                    q[i] = _flush(e * d)
+                else:
+                    p[i] = 0.0
+                    q[i] = 1.0
         else:
             for _ in range(_MAX_NEWTON):
                 s = 0.0
