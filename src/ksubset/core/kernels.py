@@ -23,7 +23,10 @@ whatever the input dtype; ``m`` free items, ``k`` to choose)
    recomputed by the tree engine.
 3. *Backward sweep.* ``R_i[u] = Pr(S_{i..m} = k - u)`` (indexed by what the prefix must supply), updated
    item by item from ``i = m`` down to ``1``: ``mu_i = p_i sum_j A_{i-1}[j] R_{i+1}[j+1] / Pr(S = k)``, a sum
-   of non-negative terms, so every ``mu_i`` has full relative accuracy.
+   of non-negative terms, so every ``mu_i`` has full relative accuracy. A marginal whose product falls
+   below ``2^-900`` (``p_i`` flushed, or a factor outside the normal range) is recomputed in log space from the
+   item's exact tilted logit, ``mu_i = exp(log sigmoid(x_i) + log(sum_j ...) - log Pr(S = k))``, so that
+   marginals down to ``1e-300`` keep their relative accuracy rather than coming back 0.
 4. *Sampling* walks the same sweep: with ``j`` items still needed from items ``1..i``, item ``i`` is taken
    with probability ``p_i A_{i-1}[j-1] / (p_i A_{i-1}[j-1] + q_i A_{i-1}[j])`` (self-normalised, so always in
    ``[0, 1]`` and always feasible). The uniforms come from ``torch.rand(..., generator=...)``.
@@ -196,6 +199,21 @@ if numba is not None:
     _TILT_TOL = 0.05
     _MAX_NEWTON = 200
     _LANES = LANES
+    _TINY = 2.0**-900  # a marginal computed below this may have lost factors to flushing or subnormals
+    _LN2 = math.log(2.0)
+
+    @_raw
+    def _tiny_marginal(y, d, log_scale):
+        """``sigmoid(y) d exp(log_scale)`` in log space: the marginal of an item whose tilted probability
+        ``sigmoid(y)`` was flushed (or whose product with ``d / Pr(S = k)`` leaves the normal range).
+
+        ``y`` is the item's tilted logit, kept exactly, so the result keeps full relative accuracy down to the
+        smallest normal number.
+        """
+        if not d > 0.0:
+            return 0.0
+        log_p = -(max(-y, 0.0) + math.log1p(math.exp(-abs(y))))
+        return math.exp(log_p + math.log(d) + log_scale)
 
     @_raw
     def _newton_update(c, f, fp, lo, hi):
@@ -487,6 +505,7 @@ if numba is not None:
             return False
         ez = ea[last]
         inv_zk = 1.0 / zk
+        log_zk = math.log(zk)
         gbar = tg[last, k] * inv_zk if with_g else 0.0  # E[z . w]
         want_r = want_mu or want_cov
         # backward vectors R (and H): rows ra / 1 - ra of rr (hh); R_{m+1} = e_k, H_{m+1} = 0
@@ -550,6 +569,9 @@ if numba is not None:
                 ex = ea[row] + er - ez
                 f = pi * (inv_zk if ex == 0 else math.ldexp(inv_zk, ex))
                 mui = min(d * f, 1.0)
+                if mui < _TINY:
+                    mui = _tiny_marginal(x[i - 1], d, ex * _LN2 - log_zk)
+                    f = mui / d if d > 0.0 else 0.0
                 if want_mu:
                     mu_out[item] = mui
                 if with_g:
@@ -605,8 +627,8 @@ if numba is not None:
     # positive finite number is reported as failed and recomputed by the fallback).
 
     @_raw
-    def _lanes_setup(theta, k, v, b0, b1, with_g, P, Q, Wt, kl, ml, idx, x, p, q):
-        """Tilted ``p``/``q`` (and centred ``v``) of rows ``b0..b1-1`` into lanes; returns nothing.
+    def _lanes_setup(theta, k, v, b0, b1, with_g, P, Q, Y, Wt, kl, ml, idx, x, p, q):
+        """Tilted ``p``/``q``, tilted logits ``Y`` (and centred ``v``) of rows ``b0..b1-1`` into lanes.
 
         Lanes past ``b1`` and trivial rows (``k = 0`` or ``k = m``) are dummies: p = 0, q = 1, k = 0.
         """
@@ -616,6 +638,7 @@ if numba is not None:
                 P[i, w] = 0.0
                 Q[i, w] = 1.0
                 Wt[i, w] = 0.0
+                Y[i, w] = -np.inf
             kl[w] = 0
             ml[w] = 0
             b = b0 + w
@@ -629,6 +652,7 @@ if numba is not None:
             kl[w] = kb
             for t in range(m):
                 P[idx[t], w] = p[t]
+                Y[idx[t], w] = x[t]
                 Q[idx[t], w] = q[t]
             if with_g:
                 sp = 0.0
@@ -665,12 +689,12 @@ if numba is not None:
         the per-lane coefficients tiled to the same layout (``_tile``). Dot products over ``j`` keep one
         accumulator per lane in locals.
         """
-        P, Q, Wt, ONE, Pt, Qt, Ht, A, G, R, H, need, kl, ml, zinv, gbar, dd, ddg, idx, x, p, q = ws
+        P, Q, Y, Wt, ONE, Pt, Qt, Ht, A, G, R, H, need, kl, ml, zinv, gbar, dd, ddg, idx, x, p, q = ws
         n = theta.shape[1]
         S = u.shape[0]
         with_g = want_cov
         F = (K + 2) * 8
-        _lanes_setup(theta, k, v, b0, b1, with_g, P, Q, Wt, kl, ml, idx, x, p, q)
+        _lanes_setup(theta, k, v, b0, b1, with_g, P, Q, Y, Wt, kl, ml, idx, x, p, q)
         _tile(P, ONE, Pt, n, K)
         _tile(Q, ONE, Qt, n, K)
         if with_g:
@@ -780,6 +804,9 @@ if numba is not None:
                 if b0 + w < b1 and kl[w] > 0:
                     fw = P[it, w] * zinv[w]
                     mui = min(dd[w] * fw, 1.0)
+                    if mui < _TINY and Y[it, w] > -np.inf:  # (Y = -inf: unavailable item or dummy lane)
+                        mui = _tiny_marginal(Y[it, w], dd[w], math.log(zinv[w]))
+                        fw = mui / dd[w] if dd[w] > 0.0 else 0.0
                     if want_mu:
                         mu_out[b0 + w, it] = mui
                     if with_g:
@@ -813,6 +840,7 @@ if numba is not None:
         ws = (
             np.empty((n, 8)),  # P
             np.empty((n, 8)),  # Q
+            np.empty((n, 8)),  # Y (tilted logits)
             np.empty((n, 8)),  # Wt (centred v)
             np.ones((n, 8)),  # ONE
             np.empty((n, F)),  # Pt
