@@ -15,6 +15,8 @@ pytest.importorskip("numba")
 
 from ksubset.core import kernels, reference  # noqa: E402
 
+from oracle import enumerate_row  # noqa: E402
+
 EPS64 = torch.finfo(torch.float64).eps
 EPS32 = torch.finfo(torch.float32).eps
 PATHS = ["lanes", "dense", "banded", "checkpointed-dense", "checkpointed-banded"]
@@ -71,3 +73,28 @@ def test_tiny_marginals_keep_relative_accuracy(path):
     rel = (mu[normal] - expected[normal]).abs() / expected[normal]
     assert float(rel.max()) <= rtol, (float(rel.max()), rtol)
     assert (mu[~normal] <= 1e-299).all()
+
+
+@pytest.mark.parametrize("offset, dtype", [(1e6, torch.float64), (1e12, torch.float64), (1e6, torch.float32)])
+def test_entropy_at_large_offsets(path, offset, dtype):
+    """``H`` does not depend on a common offset of the logits: computed on the raw logits, ``log Z - theta . mu``
+    cancels two numbers of size ``k * offset`` (error ``eps * k * offset``); the kernel uses the tilted ones."""
+    g = torch.Generator().manual_seed(int(offset) % 1000 + (dtype == torch.float32))
+    B, n = 6, 12
+    theta = (torch.randn(B, n, generator=g, dtype=torch.float64) * 80.0 + offset).to(dtype)
+    theta[2, 5] = float("-inf")
+    k = torch.tensor([1, 2, 3, 4, 5, 6])
+    K = int(k.max())
+    check_path(path, theta, K)
+    h = kernels.entropy(theta, k, K)
+    assert h.dtype == dtype
+    # the same distribution without the offset: theta - offset is exact (Sterbenz: both within a factor 2)
+    base = theta.double() - offset
+    expected = torch.tensor([enumerate_row(base[b].numpy(), int(k[b])).entropy for b in range(B)], dtype=torch.float64)
+    # Kernel: each term softplus(y_i) - mu_i y_i of the tilted logits y (|y_i| <= spread) is off by a few
+    # eps64 |y_i|; the oracle's log-weights (sums of k logits) by eps64 k max|base|. Then the cast to dtype.
+    spread = float(base[torch.isfinite(base)].max() - base[torch.isfinite(base)].min())
+    tol = 4 * EPS64 * (n * (1 + spread) + K * float(base[torch.isfinite(base)].abs().max()))
+    tol = tol + (torch.finfo(dtype).eps / 2) * expected.abs()
+    err = (h.double() - expected).abs()
+    assert (err <= tol).all(), (err, tol)

@@ -203,6 +203,16 @@ if numba is not None:
     _LN2 = math.log(2.0)
 
     @_raw
+    def _entropy_term(y, mu):
+        """``softplus(y) - mu y``: item ``i``'s share of ``H = log Pr(S = k) + sum_i softplus(y_i) - mu_i y_i``.
+
+        That is ``H = log Z - theta . mu`` written with the tilted logits ``y = theta + c`` (exact, centred):
+        on the raw logits both terms grow with the logits' offset and their difference loses
+        ``eps * k * |offset|``; here the error is ``eps * sum_i |y_i|`` whatever the offset.
+        """
+        return max(y, 0.0) + math.log1p(math.exp(-abs(y))) - mu * y
+
+    @_raw
     def _tiny_marginal(y, d, log_scale):
         """``sigmoid(y) d exp(log_scale)`` in log space: the marginal of an item whose tilted probability
         ``sigmoid(y)`` was flushed (or whose product with ``d / Pr(S = k)`` leaves the normal range).
@@ -247,9 +257,10 @@ if numba is not None:
         The tilt solves ``sum_i sigmoid(x_i + c) = k`` by safeguarded Newton inside a bracket that is valid by
         construction (at ``lo`` every term is ``<= k/m``, at ``hi`` every term is ``>= k/m``), to 0.05 items:
         any ``c`` is exact, the tilt only has to make ``Pr(S = k)`` large. When the logits span at most
-        ``_SPREAD`` nats, ``exp`` is taken once per item (``sigmoid(x_i + c) = 1 / (1 + E_i T)`` with
-        ``E_i = exp(x_ref - x_i)`` and ``T = exp(-c - x_ref)``, neither of which can overflow or underflow),
-        else once per item and iteration.
+        ``_SPREAD`` nats, the Newton iterations take ``exp`` once per item (``sigmoid(x_i + c) = 1 / (1 + E_i T)``
+        with ``E_i = exp(x_ref - x_i)`` and ``T = exp(-c - x_ref)``, neither of which can overflow or
+        underflow), else once per item and iteration. The final ``p``/``q`` take one more ``exp`` per item of
+        the tilted logit itself (full accuracy, no overflow).
         """
         m = 0
         for i in range(th.shape[0]):
@@ -287,16 +298,6 @@ if numba is not None:
                 if abs(f) <= _TILT_TOL or hi - lo <= 1e-13 * max(1.0, abs(c)):
                     break
                 c, lo, hi = _newton_update(c, f, fp, lo, hi)
-            t = math.exp(-c - xref)
-            for i in range(m):
-                e = p[i] * t  # exp(-(x_i + c)): overflows to inf when x_i + c < -709 (then e * d is inf * 0)
-                if e < np.inf:
-                    d = 1.0 / (1.0 + e)
-                    p[i] = _flush(d)
-                    q[i] = _flush(e * d)
-                else:
-                    p[i] = 0.0
-                    q[i] = 1.0
         else:
             for _ in range(_MAX_NEWTON):
                 s = 0.0
@@ -310,18 +311,20 @@ if numba is not None:
                 if abs(f) <= _TILT_TOL or hi - lo <= 1e-13 * max(1.0, abs(c)):
                     break
                 c, lo, hi = _newton_update(c, f, fp, lo, hi)
-            for i in range(m):
-                y = x[i] + c
-                e = math.exp(-abs(y))
-                d = 1.0 / (1.0 + e)
-                if y >= 0.0:
-                    p[i] = d
-                    q[i] = _flush(e * d)
-                else:
-                    p[i] = _flush(e * d)
-                    q[i] = d
+        # p and q from the tilted logit y itself, one exp per item: the product E_i exp(-c - x_ref) of the
+        # Newton loop carries the rounding of exp(+-600) (~1e-13 relative), and overflows (inf * 0 in q) for
+        # items more than 709 nats below the tilt.
         for i in range(m):
             x[i] += c
+            y = x[i]
+            e = math.exp(-abs(y))
+            d = 1.0 / (1.0 + e)
+            if y >= 0.0:
+                p[i] = d
+                q[i] = _flush(e * d)
+            else:
+                p[i] = _flush(e * d)
+                q[i] = d
         return m, c
 
     # Band steps. Vectors have length k + 2. A forward vector (A, G) after item i is valid on the band
@@ -465,13 +468,13 @@ if numba is not None:
         _fwd_rows(ta, tg, ea, with_g, r0, r1, p, q, w, m, k, dn)
 
     @_raw
-    def _row_sweep(th, k, s, want_mu, want_cov, v, u, b, z, mu_out, cov_out, ws, dense):
-        """Marginals, covariance-vector product and samples of one row (everything but ``log Z``).
+    def _row_sweep(th, k, s, want_mu, want_cov, want_h, v, u, b, z, mu_out, cov_out, h_out, ws, dense):
+        """Marginals, covariance-vector product, entropy and samples of one row (everything but ``log Z``).
 
         ``u [S, B, n]`` uniforms (``S`` may be 0); writes ``z[:, b]``, ``mu_out`` and ``cov_out`` (this row of
-        the outputs, zero-filled by the caller). ``ws`` is the calling thread's work space (see
-        :func:`_workspace`). Returns False when the row could not be computed (the caller then falls back to
-        the tree engine).
+        the outputs, zero-filled by the caller) and ``h_out[b]`` (``want_h`` needs ``want_mu``). ``ws`` is the
+        calling thread's work space (see :func:`_workspace`). Returns False when the row could not be computed
+        (the caller then falls back to the tree engine).
         """
         idx, need, ea, ce, x, p, q, w, ta, tg, ca, cg, rr, hh = ws
         S = u.shape[0]
@@ -584,6 +587,11 @@ if numba is not None:
                     ra = 1 - ra
                     if i % _RESCALE == 0:
                         er += _rescale(rr, hh, ra, with_g, plo, phi)
+        if want_h:
+            h = log_zk + ez * _LN2  # log Pr(S = k)
+            for i in range(m):
+                h += _entropy_term(x[i], mu_out[idx[i]])
+            h_out[b] = h
         return True
 
     @_jit
@@ -611,11 +619,11 @@ if numba is not None:
         )
 
     @_jit
-    def _sweep_rows(theta, k, K, s, want_mu, want_cov, v, u, z, mu_out, cov_out, ok, dense, b0, b1):
+    def _sweep_rows(theta, k, K, s, want_mu, want_cov, want_h, v, u, z, mu_out, cov_out, h_out, ok, dense, b0, b1):
         ws = _workspace(theta.shape[1], K, u.shape[0], s, want_cov, dense)
         for b in range(b0, b1):
             ok[b] = _row_sweep(
-                theta[b], k[b], s, want_mu, want_cov, v[b], u, b, z, mu_out[b], cov_out[b], ws, dense
+                theta[b], k[b], s, want_mu, want_cov, want_h, v[b], u, b, z, mu_out[b], cov_out[b], h_out, ws, dense
             )
 
     # ------------------------------------------------------------------------------------------------------
@@ -681,7 +689,7 @@ if numba is not None:
                 Xt[i, f + 4], Xt[i, f + 5], Xt[i, f + 6], Xt[i, f + 7] = x4, x5, x6, x7
 
     @_raw
-    def _lanes_group(theta, k, K, want_mu, want_cov, v, u, z, mu_out, cov_out, ok, b0, b1, ws):
+    def _lanes_group(theta, k, K, want_mu, want_cov, want_h, v, u, z, mu_out, cov_out, h_out, ok, b0, b1, ws):
         """Rows ``b0 .. b1-1`` (at most 8) of the sweep, side by side.
 
         Tables are ``[item, j * 8 + lane]``: a table row is one flat vector, so each recursion step is one
@@ -831,9 +839,18 @@ if numba is not None:
                             mu_out[b, i] = 1.0
                         for si in range(S):
                             z[si, b, i] = 1
+        if want_h:  # H = log Pr(S = k) + sum_i softplus(y_i) - mu_i y_i (see _entropy_term); trivial rows: 0
+            for w in range(8):
+                b = b0 + w
+                if b < b1 and kl[w] > 0 and zinv[w] > 0.0:
+                    h = -math.log(zinv[w])
+                    for i in range(n):
+                        if Y[i, w] > -np.inf:
+                            h += _entropy_term(Y[i, w], mu_out[b, i])
+                    h_out[b] = h
 
     @_jit
-    def _lanes_rows(theta, k, K, want_mu, want_cov, v, u, z, mu_out, cov_out, ok, b0, b1):
+    def _lanes_rows(theta, k, K, want_mu, want_cov, want_h, v, u, z, mu_out, cov_out, h_out, ok, b0, b1):
         n = theta.shape[1]
         S = u.shape[0]
         F = (K + 2) * 8
@@ -864,7 +881,7 @@ if numba is not None:
         )
         for g0 in range(b0, b1, 8):
             _lanes_group(
-                theta, k, K, want_mu, want_cov, v, u, z, mu_out, cov_out, ok, g0, min(g0 + 8, b1), ws
+                theta, k, K, want_mu, want_cov, want_h, v, u, z, mu_out, cov_out, h_out, ok, g0, min(g0 + 8, b1), ws
             )
 
     @_jit
@@ -969,8 +986,13 @@ def _run_rows(fn, B: int, n: int, K: int, *args, align: int = 1) -> None:
 _NO_U = np.zeros((0, 1, 1))
 
 
-def _sweep(theta: Tensor, k: Tensor, K: int, want_mu: bool, v: Tensor | None, u: np.ndarray | None):
+def _sweep(
+    theta: Tensor, k: Tensor, K: int, want_mu: bool, v: Tensor | None, u: np.ndarray | None, want_h: bool = False
+):
+    """Samples ``[S, B, n]``, marginals ``[B, n]`` (``[B, 1]`` unless ``want_mu``), ``Cov v`` (``[B, 1]`` unless
+    ``v`` is given) and entropies ``[B]`` (zeros unless ``want_h``) from one sweep per row."""
     _require()
+    want_mu = want_mu or want_h
     B, n = theta.shape
     th = _as_f64(theta)
     kk = _as_i64(k)
@@ -982,21 +1004,23 @@ def _sweep(theta: Tensor, k: Tensor, K: int, want_mu: bool, v: Tensor | None, u:
     z = np.zeros((S, B, n), np.int64)
     mu = np.zeros((B, n) if want_mu else (B, 1))
     cov = np.zeros((B, n) if want_cov else (B, 1))
+    h = np.zeros(B)
     ok = np.ones(B, np.bool_)
     dense = 0 < K <= DENSE_MAX_K
+    args = (th, kk, K, want_mu, want_cov, want_h, vv, uu, z, mu, cov, h, ok)
     if _use_lanes(B, n, K):
-        _run_rows(_lanes_rows, B, n, K, th, kk, K, want_mu, want_cov, vv, uu, z, mu, cov, ok, align=LANES)
+        _run_rows(_lanes_rows, B, n, K, *args, align=LANES)
     else:
         s = _block_size(n, K, TABLE_LIMIT)
-        _run_rows(_sweep_rows, B, n, K, th, kk, K, s, want_mu, want_cov, vv, uu, z, mu, cov, ok, dense)
-    zt, mut, covt = torch.from_numpy(z), torch.from_numpy(mu), torch.from_numpy(cov)
+        _run_rows(_sweep_rows, B, n, K, th, kk, K, s, *args[3:], dense)
+    zt, mut, covt, ht = torch.from_numpy(z), torch.from_numpy(mu), torch.from_numpy(cov), torch.from_numpy(h)
     if not ok.all():  # a safety net (see the module docstring)
         _on_fallback("the sweep", int((~ok).sum()))
-        zt, mut, covt = _fallback(theta, k, K, want_mu, v, u, ok, zt, mut, covt)
-    return zt, mut, covt
+        zt, mut, covt, ht = _fallback(theta, k, K, want_mu, v, u, want_h, ok, zt, mut, covt, ht)
+    return zt, mut, covt, ht
 
 
-def _fallback(theta, k, K, want_mu, v, u, ok, z, mu, cov):
+def _fallback(theta, k, K, want_mu, v, u, want_h, ok, z, mu, cov, h):
     """Recompute the rows the kernel could not handle with the tree engine (in float64)."""
     from . import tree
 
@@ -1011,7 +1035,9 @@ def _fallback(theta, k, K, want_mu, v, u, ok, z, mu, cov):
         # walk the tree with fresh uniforms derived from the ones drawn for these rows
         g = torch.Generator().manual_seed(int(u[:, ~ok].sum() * 2**20) % 2**63)
         z[:, bad] = tree.sample(th, kb, K, u.shape[0], g)
-    return z, mu, cov
+    if want_h:
+        h[bad] = tree.entropy(th, kb, K)
+    return z, mu, cov, h
 
 
 def uniforms(theta: Tensor, num_samples: int, generator=None) -> Tensor:
@@ -1039,31 +1065,30 @@ def log_partition(theta: Tensor, k: Tensor, K: int) -> Tensor:
 
 def marginals(theta: Tensor, k: Tensor, K: int) -> Tensor:
     """``Pr(z_i = 1)``, ``[B, n]``."""
-    _, mu, _ = _sweep(theta, k, K, True, None, None)
+    _, mu, _, _ = _sweep(theta, k, K, True, None, None)
     return mu.to(theta.dtype)
 
 
 def cov_vec(theta: Tensor, k: Tensor, K: int, v: Tensor) -> Tensor:
     """``Cov(z) v`` per row, ``[B, n]`` (entries of ``v`` on non-free items are ignored)."""
-    _, _, cov = _sweep(theta, k, K, False, v, None)
+    _, _, cov, _ = _sweep(theta, k, K, False, v, None)
     return cov.to(theta.dtype)
 
 
 def entropy(theta: Tensor, k: Tensor, K: int) -> Tensor:
-    """Entropy per row ``[B]`` as ``log Z - theta · mu``, evaluated in float64.
+    """Entropy per row ``[B]``, computed in float64 inside the sweep from the tilted (centred) logits.
 
-    The kernels work in float64 inside anyway; keeping both terms in float64 until the subtraction bounds
-    the cancellation at ``|theta| * 1e-16`` (the float32 outputs would lose ``|theta| * 6e-8``).
+    ``H = log Pr(S = k) + sum_i softplus(y_i) - mu_i y_i`` with ``y = theta + c`` (the tilt), which equals
+    ``log Z - theta . mu`` but does not cancel two numbers of size ``k |theta|``: the absolute error is about
+    ``eps64 * sum_i |y_i|``, independent of a common offset of the logits.
     """
-    t64 = theta.detach().to(torch.float64)
-    mu = marginals(t64, k, K)
-    h = log_partition(t64, k, K) - (torch.where(torch.isfinite(t64), t64, 0.0) * mu).sum(-1)
+    _, _, _, h = _sweep(theta, k, K, True, None, None, want_h=True)
     return h.to(theta.dtype)
 
 
 def sample_given(theta: Tensor, k: Tensor, K: int, u: Tensor) -> Tensor:
     """Exact samples ``[S, B, n]`` int64 in {0, 1} from the uniforms ``u [S, B, n]`` of :func:`uniforms`."""
-    z, _, _ = _sweep(theta, k, K, False, None, _as_f64(u))
+    z, _, _, _ = _sweep(theta, k, K, False, None, _as_f64(u))
     return z
 
 
@@ -1074,7 +1099,7 @@ def sample(theta: Tensor, k: Tensor, K: int, num_samples: int, generator=None) -
 
 def sample_and_marginals_given(theta: Tensor, k: Tensor, K: int, u: Tensor):
     """One forward pass and one sweep shared by a draw ``[S, B, n]`` (from ``u``) and the marginals."""
-    z, mu, _ = _sweep(theta, k, K, True, None, _as_f64(u))
+    z, mu, _, _ = _sweep(theta, k, K, True, None, _as_f64(u))
     return z, mu.to(theta.dtype)
 
 
