@@ -259,8 +259,8 @@ if numba is not None:
         any ``c`` is exact, the tilt only has to make ``Pr(S = k)`` large. When the logits span at most
         ``_SPREAD`` nats, the Newton iterations take ``exp`` once per item (``sigmoid(x_i + c) = 1 / (1 + E_i T)``
         with ``E_i = exp(x_ref - x_i)`` and ``T = exp(-c - x_ref)``, neither of which can overflow or
-        underflow), else once per item and iteration. The final ``p``/``q`` take one more ``exp`` per item of
-        the tilted logit itself (full accuracy, no overflow).
+        underflow), else once per item and iteration. Either way ``p_i = sigmoid(x_i + c)`` to a relative
+        ``eps * |x_i + c|``, the rounding of the tilted logit ``x_i + c`` itself.
         """
         m = 0
         for i in range(th.shape[0]):
@@ -298,6 +298,14 @@ if numba is not None:
                 if abs(f) <= _TILT_TOL or hi - lo <= 1e-13 * max(1.0, abs(c)):
                     break
                 c, lo, hi = _newton_update(c, f, fp, lo, hi)
+            t = math.exp(-c - xref)
+            for i in range(m):
+                x[i] += c
+                e = p[i] * t  # exp(-x_i): overflows to inf when x_i < -709, where e * d is inf * 0
+                d = 1.0 / (1.0 + e)
+                p[i] = _flush(d)
+                q[i] = _flush(e * d) if e < np.inf else 1.0  # (a select: the loop stays vectorisable)
+            return m, c
         else:
             for _ in range(_MAX_NEWTON):
                 s = 0.0
@@ -311,9 +319,6 @@ if numba is not None:
                 if abs(f) <= _TILT_TOL or hi - lo <= 1e-13 * max(1.0, abs(c)):
                     break
                 c, lo, hi = _newton_update(c, f, fp, lo, hi)
-        # p and q from the tilted logit y itself, one exp per item: the product E_i exp(-c - x_ref) of the
-        # Newton loop carries the rounding of exp(+-600) (~1e-13 relative), and overflows (inf * 0 in q) for
-        # items more than 709 nats below the tilt.
         for i in range(m):
             x[i] += c
             y = x[i]
@@ -1004,7 +1009,7 @@ def _sweep(
     z = np.zeros((S, B, n), np.int64)
     mu = np.zeros((B, n) if want_mu else (B, 1))
     cov = np.zeros((B, n) if want_cov else (B, 1))
-    h = np.zeros(B)
+    h = np.zeros(B if want_h else 1)
     ok = np.ones(B, np.bool_)
     dense = 0 < K <= DENSE_MAX_K
     args = (th, kk, K, want_mu, want_cov, want_h, vv, uu, z, mu, cov, h, ok)
