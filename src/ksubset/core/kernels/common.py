@@ -1,0 +1,50 @@
+"""numba set-up and the numeric conventions shared by the compiled modules (imported only with numba).
+
+Code generation (what made the difference, measured): inner loops use unsigned indices (numba's
+negative-index wraparound otherwise blocks LLVM's vectoriser); functions that allocate nothing are compiled
+without numba's reference counting (:data:`raw`: with it, every call increfs/decrefs each array argument with
+atomic instructions, which costs more than the work of a 20-item row); ``error_model="numpy"`` (no
+zero-division checks in vectorisable loops); ``fastmath`` only for reassociation and contraction (so LLVM
+vectorises reductions) and no assumption about inf/nan.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+_FM = {"reassoc", "contract"}
+#: Compiled functions that allocate (work spaces): with numba's reference counting.
+_jit = numba.njit(cache=True, fastmath=_FM, nogil=True, error_model="numpy")
+#: Compiled functions that allocate nothing: without reference counting.
+_raw = numba.njit(cache=True, fastmath=_FM, nogil=True, error_model="numpy", _nrt=False)
+
+#: Rows processed side by side by the lanes layout (the one setting: every lanes loop and table stride uses
+#: it). 8 float64 lanes fill one AVX-512 register or two AVX2 registers.
+LANES = 8
+
+#: A table row is checked for rescaling every this many items (a safety net; see :mod:`.forward`).
+RESCALE_EVERY = 32
+
+_U = numba.uint64
+_U1 = np.uint64(1)
+_UL = np.uint64(LANES)
+_LANES = LANES
+_RESCALE = RESCALE_EVERY
+_FLUSH = 2.0**-510  # kept entries >= _FLUSH, so products of two kept entries are normal numbers
+_LO_SCALE = 2.0**-200
+_HI_SCALE = 2.0**200
+_TINY = 2.0**-900  # a marginal computed below this may have lost factors to flushing or subnormals
+_LN2 = math.log(2.0)
+
+
+@_raw
+def _flush(v):
+    return v if v >= _FLUSH else 0.0
+
+
+@_raw
+def _flush_signed(v):
+    return v if abs(v) >= _FLUSH else 0.0
