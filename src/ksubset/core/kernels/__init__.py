@@ -44,12 +44,9 @@ except ImportError:  # pragma: no cover - exercised only without numba
     numba = None
 
 if numba is not None:
-    from .common import LANES, RESCALE_EVERY
     from .forward import _block_size, _log_z_rows
-    from .lanes import _lanes_rows
+    from .lanes import LANES, _lanes_rows
     from .rows import _sweep_rows
-else:  # pragma: no cover - exercised only without numba
-    LANES, RESCALE_EVERY = 8, 32
 
 __all__ = [
     "available",

@@ -6,6 +6,9 @@ without numba's reference counting (:data:`raw`: with it, every call increfs/dec
 atomic instructions, which costs more than the work of a 20-item row); ``error_model="numpy"`` (no
 zero-division checks in vectorisable loops); ``fastmath`` only for reassociation and contraction (so LLVM
 vectorises reductions) and no assumption about inf/nan.
+
+numba's on-disk cache is keyed on each function's own source file: after changing a constant here, clear
+the ``__pycache__`` folder of this package (the compiled functions of the other modules keep the old value).
 """
 
 from __future__ import annotations
@@ -20,18 +23,14 @@ _FM = {"reassoc", "contract"}
 _jit = numba.njit(cache=True, fastmath=_FM, nogil=True, error_model="numpy")
 #: Compiled functions that allocate nothing: without reference counting.
 _raw = numba.njit(cache=True, fastmath=_FM, nogil=True, error_model="numpy", _nrt=False)
-
-#: Rows processed side by side by the lanes layout (the one setting: every lanes loop and table stride uses
-#: it). 8 float64 lanes fill one AVX-512 register or two AVX2 registers.
-LANES = 8
+#: The same for generated code (no source file to key an on-disk cache on).
+_raw_nocache = numba.njit(cache=False, fastmath=_FM, nogil=True, error_model="numpy", _nrt=False)
 
 #: A table row is checked for rescaling every this many items (a safety net; see :mod:`.forward`).
 RESCALE_EVERY = 32
 
 _U = numba.uint64
 _U1 = np.uint64(1)
-_UL = np.uint64(LANES)
-_LANES = LANES
 _RESCALE = RESCALE_EVERY
 _FLUSH = 2.0**-510  # kept entries >= _FLUSH, so products of two kept entries are normal numbers
 _LO_SCALE = 2.0**-200

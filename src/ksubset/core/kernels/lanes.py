@@ -19,8 +19,51 @@ from collections import namedtuple
 import numpy as np
 
 from .backward import _entropy_term, _tiny_marginal
-from .common import _LANES, _TINY, _U, _UL, _flush, _flush_signed, _jit, _raw
+from .common import _TINY, _U, _flush, _flush_signed, _jit, _raw, _raw_nocache
 from .tilt import _setup
+
+#: Rows processed side by side (the one setting: every lanes loop, table stride and the generated dot
+#: products use it). 8 float64 lanes fill one AVX-512 register or two AVX2 registers.
+LANES = 8
+_LANES = LANES
+_UL = np.uint64(LANES)
+
+
+def _lane_dots_source(lanes: int) -> str:
+    """Source of ``_lane_dots(X, Y, U, V, two, it, ra, jh, out)``, unrolled over the lanes:
+    ``out[w] = sum_{j <= jh} X[it, j L + w] Y[ra, (j + 1) L + w] (+ U[it, j L + w] V[ra, (j + 1) L + w] if two)``.
+
+    Each lane's sum stays in a local (a register); summed in an array, it would be loaded and stored at every
+    ``j``, because LLVM cannot rule out that the array aliases the tables (measured: 4% of a whole L2X-sized
+    call). Generated from :data:`LANES` so that the lane count stays one setting.
+    """
+    acc = [f"d{w}" for w in range(lanes)]
+    one = [f"            {a} += X[it, f + {w}] * Y[ra, f + {lanes + w}]" for w, a in enumerate(acc)]
+    two = [
+        f"            {a} += X[it, f + {w}] * Y[ra, f + {lanes + w}] + U[it, f + {w}] * V[ra, f + {lanes + w}]"
+        for w, a in enumerate(acc)
+    ]
+    return "\n".join(
+        [
+            "def _lane_dots(X, Y, U, V, two, it, ra, jh, out):",
+            f"    {' = '.join(acc)} = 0.0",
+            "    if two:",
+            "        for j in range(jh + 1):",
+            f"            f = j * {lanes}",
+            *two,
+            "    else:",
+            "        for j in range(jh + 1):",
+            f"            f = j * {lanes}",
+            *one,
+            *[f"    out[{w}] = {a}" for w, a in enumerate(acc)],
+        ]
+    )
+
+
+_generated: dict = {}
+exec(_lane_dots_source(_LANES), _generated)  # noqa: S102 - source built above from the lane count alone
+# not cached on disk (generated code has no source file); compiled once per process, in well under a second
+_lane_dots = _raw_nocache(_generated["_lane_dots"])
 
 #: Work space of one thread for the lanes layout (float64 unless noted; ``F = (K + 2) * LANES``): per-lane
 #: ``P``, ``Q``, ``Y``, ``Wt``, ``ONE [n, LANES]`` tilted probabilities, tilted logits, centred ``v`` and ones;
@@ -167,19 +210,9 @@ def _lanes_group(theta, k, K, want_mu, want_cov, want_h, v, u, z, mu_out, cov_ou
             continue
         # --- marginals (and E[z_i z.w]) of item i: sum_j A_{i-1}[j] R_{i+1}[j+1], per lane
         jh = min(i - 1, K - 1)
-        for w in range(L):
-            dd[w] = 0.0
-        for j in range(jh + 1):
-            f = j * L
-            for w in range(L):
-                dd[w] += A[it, f + w] * R[ra, f + L + w]
+        _lane_dots(A, R, A, R, False, it, ra, jh, dd)
         if with_g:
-            for w in range(L):
-                ddg[w] = 0.0
-            for j in range(jh + 1):
-                f = j * L
-                for w in range(L):
-                    ddg[w] += G[it, f + w] * R[ra, f + L + w] + A[it, f + w] * H[ra, f + L + w]
+            _lane_dots(G, R, A, H, True, it, ra, jh, ddg)
         for w in range(L):
             if b0 + w < b1 and kl[w] > 0:
                 fw = P[it, w] * zinv[w]
