@@ -60,10 +60,30 @@ def _lane_dots_source(lanes: int) -> str:
     )
 
 
+def _tile_source(lanes: int) -> str:
+    """Source of ``_tile(X, Y, Xt, n, K)``: ``Xt[i, j L + w] = X[i, w] Y[i, w]`` for ``j <= K + 1``, the per-lane
+    coefficients laid out like a table row. The ``L`` values are read into locals before the stores, so that
+    LLVM's SLP vectoriser turns each group into one vector store (with interleaved loads and stores it must
+    assume aliasing)."""
+    xs = [f"x{w}" for w in range(lanes)]
+    return "\n".join(
+        [
+            "def _tile(X, Y, Xt, n, K):",
+            "    for i in range(n):",
+            *[f"        {x} = X[i, {w}] * Y[i, {w}]" for w, x in enumerate(xs)],
+            "        for j in range(K + 2):",
+            f"            f = j * {lanes}",
+            *[f"            Xt[i, f + {w}] = {x}" for w, x in enumerate(xs)],
+        ]
+    )
+
+
 _generated: dict = {}
 exec(_lane_dots_source(_LANES), _generated)  # noqa: S102 - source built above from the lane count alone
+exec(_tile_source(_LANES), _generated)  # noqa: S102
 # not cached on disk (generated code has no source file); compiled once per process, in well under a second
 _lane_dots = _raw_nocache(_generated["_lane_dots"])
+_tile = _raw_nocache(_generated["_tile"])
 
 #: Work space of one thread for the lanes layout (float64 unless noted; ``F = (K + 2) * LANES``): per-lane
 #: ``P``, ``Q``, ``Y``, ``Wt``, ``ONE [n, LANES]`` tilted probabilities, tilted logits, centred ``v`` and ones;
@@ -83,12 +103,13 @@ def _lanes_setup(theta, k, v, b0, b1, with_g, P, Q, Y, Wt, kl, ml, idx, x, p, q)
     Lanes past ``b1`` and trivial rows (``k = 0`` or ``k = m``) are dummies: p = 0, q = 1, k = 0.
     """
     n = theta.shape[1]
-    for w in range(_LANES):
-        for i in range(n):
+    for i in range(n):  # row by row (lane by lane would sweep every array once per lane)
+        for w in range(_LANES):
             P[i, w] = 0.0
             Q[i, w] = 1.0
             Wt[i, w] = 0.0
             Y[i, w] = -np.inf
+    for w in range(_LANES):
         kl[w] = 0
         ml[w] = 0
         b = b0 + w
@@ -113,18 +134,6 @@ def _lanes_setup(theta, k, v, b0, b1, with_g, P, Q, Y, Wt, kl, ml, idx, x, p, q)
             vbar = spv / sp
             for t in range(m):
                 Wt[idx[t], w] = v[b, idx[t]] - vbar
-
-
-@_raw
-def _tile(X, Y, Xt, n, K):
-    """``Xt[i, j * LANES + w] = X[i, w] Y[i, w]`` for ``j <= K + 1``: per-lane coefficients laid out like a
-    table row. The first ``LANES`` entries are computed, the rest copied from ``LANES`` entries back (a
-    dependence distance the vectoriser accepts)."""
-    for i in range(n):
-        for w in range(_LANES):
-            Xt[i, w] = X[i, w] * Y[i, w]
-        for f in range(_UL, _U((K + 2) * _LANES)):
-            Xt[i, f] = Xt[i, f - _UL]
 
 
 @_raw
@@ -213,17 +222,27 @@ def _lanes_group(theta, k, K, want_mu, want_cov, want_h, v, u, z, mu_out, cov_ou
         _lane_dots(A, R, A, R, False, it, ra, jh, dd)
         if with_g:
             _lane_dots(G, R, A, H, True, it, ra, jh, ddg)
+        tiny = False
         for w in range(L):
             if b0 + w < b1 and kl[w] > 0:
                 fw = P[it, w] * zinv[w]
                 mui = min(dd[w] * fw, 1.0)
-                if mui < _TINY and Y[it, w] > -np.inf:  # (Y = -inf: unavailable item or dummy lane)
-                    mui = _tiny_marginal(Y[it, w], dd[w], math.log(zinv[w]))
-                    fw = mui / dd[w] if dd[w] > 0.0 else 0.0
+                tiny = tiny or mui < _TINY
                 if want_mu:
                     mu_out[b0 + w, it] = mui
                 if with_g:
                     cov_out[b0 + w, it] = (ddg[w] + Wt[it, w] * dd[w]) * fw - mui * gbar[w]
+        if tiny:  # rare (kept out of the loop above, which then vectorises): see backward._tiny_marginal
+            for w in range(L):
+                if b0 + w < b1 and kl[w] > 0 and Y[it, w] > -np.inf:  # (-inf: unavailable item)
+                    mui = min(dd[w] * P[it, w] * zinv[w], 1.0)
+                    if mui < _TINY:
+                        mui = _tiny_marginal(Y[it, w], dd[w], math.log(zinv[w]))
+                        fw = mui / dd[w] if dd[w] > 0.0 else 0.0
+                        if want_mu:
+                            mu_out[b0 + w, it] = mui
+                        if with_g:
+                            cov_out[b0 + w, it] = (ddg[w] + Wt[it, w] * dd[w]) * fw - mui * gbar[w]
         # --- R_i (and H_i) from R_{i+1}, counts u <= K
         rb = 1 - ra
         for f in range(_U(0), _U((K + 1) * L)):
