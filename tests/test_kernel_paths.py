@@ -68,8 +68,7 @@ def test_tiny_marginals_keep_relative_accuracy(path):
     assert ((expected < 1e-150) & normal).sum() >= 5 * B  # the test reaches the range it is about
     # Both engines take exp() of logit differences up to the spread s (relative error eps * s each), and every
     # marginal is a product over the n items: relative error at most ~ n * s * eps64 (first order).
-    spread = float(theta.max() - theta.min())
-    rtol = n * spread * EPS64
+    rtol = n * _spread(theta) * EPS64
     rel = (mu[normal] - expected[normal]).abs() / expected[normal]
     assert float(rel.max()) <= rtol, (float(rel.max()), rtol)
     assert (mu[~normal] <= 1e-299).all()

@@ -7,16 +7,43 @@ atomic instructions, which costs more than the work of a 20-item row); ``error_m
 zero-division checks in vectorisable loops); ``fastmath`` only for reassociation and contraction (so LLVM
 vectorises reductions) and no assumption about inf/nan.
 
-numba's on-disk cache is keyed on each function's own source file: after changing a constant here, clear
-the ``__pycache__`` folder of this package (the compiled functions of the other modules keep the old value).
+numba's on-disk cache is keyed on each function's own source file only: a cached function keeps the
+compiled code of what it calls from other files (and the constants it reads from them) after those files
+change. :func:`_drop_stale_cache` therefore clears this package's cache whenever any of its sources changed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+from pathlib import Path
 
 import numba
 import numpy as np
+
+
+def _drop_stale_cache() -> None:
+    """Delete this package's numba cache files (``__pycache__/*.nbi``, ``*.nbc``) when its sources changed.
+
+    The sources' digest is kept next to the cache; a read-only installation (where numba caches elsewhere and
+    the sources do not change) is left alone.
+    """
+    here = Path(__file__).parent
+    digest = hashlib.sha256(b"".join(f.read_bytes() for f in sorted(here.glob("*.py")))).hexdigest()
+    cache = here / "__pycache__"
+    stamp = cache / "numba-sources.sha256"
+    try:
+        if stamp.is_file() and stamp.read_text() == digest:
+            return
+        for f in [*cache.glob("*.nbi"), *cache.glob("*.nbc")]:
+            f.unlink(missing_ok=True)
+        cache.mkdir(exist_ok=True)
+        stamp.write_text(digest)
+    except OSError:  # pragma: no cover - read-only installation
+        pass
+
+
+_drop_stale_cache()
 
 _FM = {"reassoc", "contract"}
 #: Compiled functions that allocate (work spaces): with numba's reference counting.
