@@ -227,7 +227,7 @@ def _lanes_group(theta, k, K, want_mu, want_cov, want_h, v, u, z, mu_out, cov_ou
             if b0 + w < b1 and kl[w] > 0:
                 fw = P[it, w] * zinv[w]
                 mui = min(dd[w] * fw, 1.0)
-                tiny = tiny or mui < _TINY
+                tiny |= mui < _TINY
                 if want_mu:
                     mu_out[b0 + w, it] = mui
                 if with_g:
