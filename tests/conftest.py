@@ -3,7 +3,7 @@ import os
 import pytest
 from hypothesis import HealthCheck, settings
 
-from ksubset.core import available_engines, use_engine
+from ksubset.core import available_engines, kernels, use_engine
 
 ENGINES = available_engines()
 
@@ -14,6 +14,25 @@ _common = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow], "p
 settings.register_profile("ci", max_examples=60, derandomize=True, database=None, **_common)
 settings.register_profile("thorough", max_examples=2000, derandomize=False, **_common)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "kernel_fallback: the test expects the kernels engine to hand rows to the tree engine "
+        "(without it any such fallback fails the test)",
+    )
+
+
+@pytest.fixture(autouse=True)
+def _kernel_fallbacks_are_errors(request):
+    """A row the kernels engine hands to the tree engine is a bug unless the test is marked kernel_fallback."""
+    if not kernels.available():
+        yield
+        return
+    policy = "warn" if request.node.get_closest_marker("kernel_fallback") else "raise"
+    with kernels.fallback_policy(policy):
+        yield
 
 
 @pytest.fixture(params=ENGINES)

@@ -287,13 +287,9 @@ def test_just_beyond_the_gap_log_z_log_prob_and_kl_keep_their_true_values(engine
 
 
 @pytest.mark.parametrize(("dtype", "gap"), [(torch.float32, 85.0), (torch.float64, 700.0)])
-def test_gaps_within_the_float_range_are_resolved_not_cut(engine, dtype, gap, request):
+def test_gaps_within_the_float_range_are_resolved_not_cut(engine, dtype, gap):
     """An item below the others by less than the limit's gap keeps its tiny (normal-range) marginal: the rule
-    cuts only what the dtype cannot resolve. (A guard on the rule's gap: main passes it too.)"""
-    if engine == "kernels" and dtype == torch.float64:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "kernels.py flushes tilted probabilities below its _FLUSH threshold: a float64 marginal of e^-700 "
-            "comes out 0 (an engine bug, fixed in kernels.py separately)")))
+    cuts only what the dtype cannot resolve (and the kernel keeps marginals below its flush threshold)."""
     x = torch.tensor([0.0, -gap, 0.5], dtype=dtype)
     true = math.exp(-gap) / (1 + math.exp(0.5))
     mu = float(ksubset.marginals(x, 1)[1])

@@ -6,9 +6,6 @@ Skipped when numba is not installed (it is the optional extra ``ksubset[fast]``)
 
 from __future__ import annotations
 
-import itertools
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -18,23 +15,9 @@ pytest.importorskip("numba")
 import ksubset  # noqa: E402
 from ksubset.core import functions, kernels, reference, tree, use_engine  # noqa: E402
 
+from oracle import enumerate_row  # noqa: E402
+
 SCALES = [0.01, 1.0, 30.0, 1000.0]
-
-
-def brute_force(theta_row: np.ndarray, k: int):
-    """``log Z``, marginals and covariance of one canonical row, by enumerating every k-subset (float64)."""
-    n = theta_row.shape[0]
-    free = [i for i in range(n) if np.isfinite(theta_row[i])]
-    subsets = np.zeros((math.comb(len(free), k), n))
-    for r, combo in enumerate(itertools.combinations(free, k)):
-        subsets[r, list(combo)] = 1.0
-    score = subsets @ np.where(np.isfinite(theta_row), theta_row, 0.0)
-    top = score.max()
-    log_z = top + math.log(np.exp(score - top).sum())
-    prob = np.exp(score - log_z)
-    mu = prob @ subsets
-    cov = (subsets * prob[:, None]).T @ subsets - np.outer(mu, mu)
-    return log_z, mu, cov
 
 
 def random_rows(rng, n: int, scale: float, dtype):
@@ -59,7 +42,8 @@ def test_against_brute_force(dtype, scale):
         assert lz.dtype == dtype and mu.dtype == dtype
         th64 = theta.double().numpy()  # the oracle sees the same (rounded) inputs
         for r in range(theta.shape[0]):
-            e_lz, e_mu, e_cov = brute_force(th64[r], int(k[r]))
+            e = enumerate_row(th64[r], int(k[r]))
+            e_lz, e_mu, e_cov = e.log_z, e.marginals, e.covariance
             finite = th64[r][np.isfinite(th64[r])]
             size = max(1.0, abs(e_lz), float(np.abs(finite).max()) if finite.size else 0.0)
             assert abs(float(lz[r]) - e_lz) <= rtol * size, (n, r, float(lz[r]), e_lz)
@@ -181,16 +165,12 @@ def test_samples_follow_the_law():
     z = kernels.sample(theta, k, 3, S, torch.Generator().manual_seed(0))[:, 0]
     assert z.dtype == torch.int64 and z.shape == (S, 7)
     assert (z.sum(-1) == 3).all() and (z[:, 3] == 0).all()
-    free = [0, 1, 2, 4, 5, 6]
-    combos = list(itertools.combinations(free, 3))
-    score = np.array([float(theta[0, list(c)].sum()) for c in combos])
-    prob = np.exp(score - score.max())
-    prob /= prob.sum()
-    code = {c: i for i, c in enumerate(combos)}
-    counts = np.zeros(len(combos))
+    e = enumerate_row(theta[0].numpy(), 3)
+    code = {tuple(np.flatnonzero(s)): i for i, s in enumerate(e.subsets)}
+    counts = np.zeros(len(code))
     for row in z.numpy():
         counts[code[tuple(np.flatnonzero(row))]] += 1
-    expected = prob * S
+    expected = e.probs * S
     chi2 = float(((counts - expected) ** 2 / expected).sum())
     # 19 degrees of freedom: P(chi2 > 50) ~ 1e-4
     assert chi2 < 50.0, chi2
@@ -289,3 +269,43 @@ def test_code_paths_agree(monkeypatch, path):
     torch.testing.assert_close(cov, reference.cov_vec(theta, k, K, v), rtol=1e-8, atol=1e-11)
     assert torch.equal(z.sum(-1), k.expand(3, -1)) and (z[:, ~torch.isfinite(theta)] == 0).all()
     torch.testing.assert_close(kernels.log_partition(theta, k, K), reference.log_partition(theta, k, K))
+
+
+def test_wide_logit_spread_needs_no_fallback():
+    """Spreads of ~1200 nats: exp(-(theta_i + c)) overflows for the lowest items; the kernel must still
+    compute every row itself (the autouse fixture turns a fallback into an error)."""
+    theta = torch.tensor([[534.0, -303.0, 896.0], [-1e3, 150.0, 199.0], [0.0, -1199.0, 1.0]], dtype=torch.float64)
+    for kk in (1, 2):
+        k = torch.full((3,), kk)
+        before = kernels.fallback_count()
+        torch.testing.assert_close(
+            kernels.log_partition(theta, k, kk), reference.log_partition(theta, k, kk), rtol=1e-15, atol=0
+        )
+        torch.testing.assert_close(kernels.marginals(theta, k, kk), reference.marginals(theta, k, kk))
+        assert kernels.fallback_count() == before
+
+
+def _broken_log_z_rows(theta, k, K, out, dense, b0, b1):
+    out[b0:b1] = np.nan
+
+
+@pytest.mark.kernel_fallback
+def test_fallback_policy(monkeypatch):
+    """A row the kernel cannot compute is counted, and warned about / refused / recomputed as the policy says."""
+    theta = torch.randn(3, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    k = torch.tensor([1, 4, 9])
+    expected = tree.log_partition(theta, k, 9)
+    monkeypatch.setattr(kernels, "_log_z_rows", _broken_log_z_rows)
+    before = kernels.fallback_count()
+    with pytest.warns(kernels.KernelFallbackWarning, match="3 row"):
+        torch.testing.assert_close(kernels.log_partition(theta, k, 9), expected)
+    assert kernels.fallback_count() == before + 3
+    with kernels.fallback_policy("silent"):
+        torch.testing.assert_close(kernels.log_partition(theta, k, 9), expected)
+    with kernels.fallback_policy("raise"), pytest.raises(kernels.KernelFallbackError, match="tree engine"):
+        kernels.log_partition(theta, k, 9)
+    assert kernels.fallback_count() == before + 9
+    assert kernels.FALLBACK_POLICY == "warn"
+    with pytest.raises(ValueError, match="policy"):
+        with kernels.fallback_policy("ignore"):
+            pass

@@ -1,0 +1,312 @@
+"""The lanes layout: ``LANES`` rows side by side, the innermost (vectorised) index running over rows.
+
+For many short rows with small ``K``, where the per-row kernel's loops over ``j`` are too short to vectorise
+well. Every row of a group walks all ``n`` items (an unavailable item is an identity step, ``p = 0, q = 1``) and
+all counts ``j <= min(i, K)`` (no lower band); tables are kept whole (no checkpoints) and there is no
+rescaling (each row's maximum stays ``>= Pr(S = k) / (k + 1)``, see :mod:`.forward`; a row whose
+``Pr(S = k)`` is not a positive finite number is reported as failed and recomputed by the fallback).
+
+Tables are ``[item, j * LANES + lane]``: a table row is one flat vector, so each recursion step is one long
+vectorisable loop over ``f = j * LANES + lane`` (``f - LANES`` is count ``j - 1`` of the same lane), with the
+per-lane coefficients tiled to the same layout (:func:`_tile`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import namedtuple
+
+import numpy as np
+
+from .backward import _entropy_term, _tiny_marginal
+from .common import _TINY, _U, _flush, _flush_signed, _jit, _raw, _raw_nocache
+from .tilt import _setup
+
+#: Rows processed side by side (the one setting: every lanes loop, table stride and the generated dot
+#: products use it). 8 float64 lanes fill one AVX-512 register or two AVX2 registers.
+LANES = 8
+_LANES = LANES
+_UL = np.uint64(LANES)
+
+
+def _lane_dots_source(lanes: int) -> str:
+    """Source of ``_lane_dots(X, Y, U, V, two, it, ra, jh, out)``, unrolled over the lanes:
+    ``out[w] = sum_{j <= jh} X[it, j L + w] Y[ra, (j + 1) L + w] (+ U[it, j L + w] V[ra, (j + 1) L + w] if two)``.
+
+    Each lane's sum stays in a local (a register); summed in an array, it would be loaded and stored at every
+    ``j``, because LLVM cannot rule out that the array aliases the tables (measured: 4% of a whole L2X-sized
+    call). Generated from :data:`LANES` so that the lane count stays one setting.
+    """
+    acc = [f"d{w}" for w in range(lanes)]
+    one = [f"            {a} += X[it, f + {w}] * Y[ra, f + {lanes + w}]" for w, a in enumerate(acc)]
+    two = [
+        f"            {a} += X[it, f + {w}] * Y[ra, f + {lanes + w}] + U[it, f + {w}] * V[ra, f + {lanes + w}]"
+        for w, a in enumerate(acc)
+    ]
+    return "\n".join(
+        [
+            "def _lane_dots(X, Y, U, V, two, it, ra, jh, out):",
+            f"    {' = '.join(acc)} = 0.0",
+            "    if two:",
+            "        for j in range(jh + 1):",
+            f"            f = j * {lanes}",
+            *two,
+            "    else:",
+            "        for j in range(jh + 1):",
+            f"            f = j * {lanes}",
+            *one,
+            *[f"    out[{w}] = {a}" for w, a in enumerate(acc)],
+        ]
+    )
+
+
+def _tile_source(lanes: int) -> str:
+    """Source of ``_tile(X, Y, Xt, n, K)``: ``Xt[i, j L + w] = X[i, w] Y[i, w]`` for ``j <= K + 1``, the per-lane
+    coefficients laid out like a table row. The ``L`` values are read into locals before the stores, so that
+    LLVM's SLP vectoriser turns each group into one vector store (with interleaved loads and stores it must
+    assume aliasing)."""
+    xs = [f"x{w}" for w in range(lanes)]
+    return "\n".join(
+        [
+            "def _tile(X, Y, Xt, n, K):",
+            "    for i in range(n):",
+            *[f"        {x} = X[i, {w}] * Y[i, {w}]" for w, x in enumerate(xs)],
+            "        for j in range(K + 2):",
+            f"            f = j * {lanes}",
+            *[f"            Xt[i, f + {w}] = {x}" for w, x in enumerate(xs)],
+        ]
+    )
+
+
+_generated: dict = {}
+exec(_lane_dots_source(_LANES), _generated)  # noqa: S102 - source built above from the lane count alone
+exec(_tile_source(_LANES), _generated)  # noqa: S102
+# not cached on disk (generated code has no source file); compiled once per process, in well under a second
+_lane_dots = _raw_nocache(_generated["_lane_dots"])
+_tile = _raw_nocache(_generated["_tile"])
+
+#: Work space of one thread for the lanes layout (float64 unless noted; ``F = (K + 2) * LANES``): per-lane
+#: ``P``, ``Q``, ``Y``, ``Wt``, ``ONE [n, LANES]`` tilted probabilities, tilted logits, centred ``v`` and ones;
+#: ``Pt``, ``Qt``, ``Ht [n, F]`` the coefficients ``p``, ``q``, ``p w`` tiled like a table row; ``A``, ``G
+#: [n + 1, F]`` forward tables; ``R``, ``H [2, F]`` backward vectors; ``need [S, LANES]`` int64; ``kl``, ``ml
+#: [LANES]`` int64 per-lane ``k`` and free count; ``zinv``, ``gbar``, ``dd``, ``ddg [LANES]`` per-lane
+#: ``1 / Pr(S = k)``, ``E[z.w]`` and dot products; ``idx [n]`` int64, ``x``, ``p``, ``q [n]`` one row's tilt.
+LanesWorkspace = namedtuple(
+    "LanesWorkspace", "P Q Y Wt ONE Pt Qt Ht A G R H need kl ml zinv gbar dd ddg idx x p q"
+)
+
+
+@_raw
+def _lanes_setup(theta, k, v, b0, b1, with_g, P, Q, Y, Wt, kl, ml, idx, x, p, q):
+    """Tilted ``p``/``q``, tilted logits ``Y`` (and centred ``v``) of rows ``b0..b1-1`` into lanes.
+
+    Lanes past ``b1`` and trivial rows (``k = 0`` or ``k = m``) are dummies: p = 0, q = 1, k = 0.
+    """
+    n = theta.shape[1]
+    for i in range(n):  # row by row (lane by lane would sweep every array once per lane)
+        for w in range(_LANES):
+            P[i, w] = 0.0
+            Q[i, w] = 1.0
+            Wt[i, w] = 0.0
+            Y[i, w] = -np.inf
+    for w in range(_LANES):
+        kl[w] = 0
+        ml[w] = 0
+        b = b0 + w
+        if b >= b1:
+            continue
+        kb = k[b]
+        m, _ = _setup(theta[b], kb, idx, x, p, q)
+        ml[w] = m
+        if kb == 0 or kb == m:
+            continue
+        kl[w] = kb
+        for t in range(m):
+            P[idx[t], w] = p[t]
+            Y[idx[t], w] = x[t]
+            Q[idx[t], w] = q[t]
+        if with_g:
+            sp = 0.0
+            spv = 0.0
+            for t in range(m):
+                sp += p[t]
+                spv += p[t] * v[b, idx[t]]
+            vbar = spv / sp
+            for t in range(m):
+                Wt[idx[t], w] = v[b, idx[t]] - vbar
+
+
+@_raw
+def _lanes_group(theta, k, K, want_mu, want_cov, want_h, v, u, z, mu_out, cov_out, h_out, ok, b0, b1, ws):
+    """Rows ``b0 .. b1-1`` (at most ``LANES``) of the sweep, side by side, in the work space ``ws`` (a
+    :data:`LanesWorkspace`). Writes the rows' samples ``z[:, b]``, ``mu_out[b]``, ``cov_out[b]``, ``h_out[b]``
+    and ``ok[b]`` (False: the caller falls back to the tree engine)."""
+    P, Q, Y, Wt, A, G, R, H = ws.P, ws.Q, ws.Y, ws.Wt, ws.A, ws.G, ws.R, ws.H
+    Pt, Qt, Ht, need, kl, ml = ws.Pt, ws.Qt, ws.Ht, ws.need, ws.kl, ws.ml
+    zinv, gbar, dd, ddg = ws.zinv, ws.gbar, ws.dd, ws.ddg
+    n = theta.shape[1]
+    S = u.shape[0]
+    with_g = want_cov
+    L = _LANES
+    F = (K + 2) * L
+    _lanes_setup(theta, k, v, b0, b1, with_g, P, Q, Y, Wt, kl, ml, ws.idx, ws.x, ws.p, ws.q)
+    _tile(P, ws.ONE, Pt, n, K)
+    _tile(Q, ws.ONE, Qt, n, K)
+    if with_g:
+        _tile(P, Wt, Ht, n, K)  # the source term's coefficient p_i w_i
+    # forward tables
+    for f in range(F):
+        A[0, f] = 0.0
+        G[0, f] = 0.0
+    for w in range(L):
+        A[0, w] = 1.0
+    for i in range(1, n + 1):
+        it = i - 1
+        hw = (min(i, K) + 1) * L
+        for f in range(_U(0), _UL):
+            A[i, f] = _flush(Qt[it, f] * A[it, f])
+        for f in range(_UL, _U(hw)):
+            A[i, f] = _flush(Qt[it, f] * A[it, f] + Pt[it, f] * A[it, f - _UL])
+        for f in range(_U(hw), _U(hw + L)):
+            A[i, f] = 0.0
+        if with_g:
+            for f in range(_U(0), _UL):
+                G[i, f] = _flush_signed(Qt[it, f] * G[it, f])
+            for f in range(_UL, _U(hw)):
+                G[i, f] = _flush_signed(
+                    Qt[it, f] * G[it, f] + Pt[it, f] * G[it, f - _UL] + Ht[it, f] * A[it, f - _UL]
+                )
+            for f in range(_U(hw), _U(hw + L)):
+                G[i, f] = 0.0
+    for w in range(L):
+        zk = A[n, kl[w] * L + w]
+        zinv[w] = 1.0 / zk if (zk > 0.0 and zk < np.inf) else 0.0
+        gbar[w] = G[n, kl[w] * L + w] * zinv[w] if with_g else 0.0
+        if b0 + w < b1 and zinv[w] == 0.0:
+            ok[b0 + w] = False
+    # backward vectors R (and H), ping-pong rows ra / 1 - ra; R_{n+1}[u] = [u == k]; column K+1 stays 0
+    for r in range(2):
+        for f in range(F):
+            R[r, f] = 0.0
+            H[r, f] = 0.0
+    for w in range(L):
+        R[0, kl[w] * L + w] = 1.0
+        for si in range(S):
+            need[si, w] = kl[w]
+    ra = 0
+    for i in range(n, 0, -1):
+        it = i - 1  # the item; its A_{i-1} is table row it
+        # --- samples (per lane; j items still needed from items 1..i)
+        if S > 0:
+            for w in range(L):
+                pw = P[it, w]
+                if pw == 0.0:
+                    continue
+                for si in range(S):
+                    j = need[si, w]
+                    if j == 0:
+                        continue
+                    t1 = pw * A[it, (j - 1) * L + w]
+                    tot = t1 + Q[it, w] * A[it, j * L + w]
+                    if tot > 0.0:
+                        take = u[si, b0 + w, it] * tot < t1
+                    else:
+                        take = True
+                    if take:
+                        z[si, b0 + w, it] = 1
+                        need[si, w] = j - 1
+        if not (want_mu or with_g):
+            continue
+        # --- marginals (and E[z_i z.w]) of item i: sum_j A_{i-1}[j] R_{i+1}[j+1], per lane
+        jh = min(i - 1, K - 1)
+        _lane_dots(A, R, A, R, False, it, ra, jh, dd)
+        if with_g:
+            _lane_dots(G, R, A, H, True, it, ra, jh, ddg)
+        tiny = False
+        for w in range(L):
+            if b0 + w < b1 and kl[w] > 0:
+                fw = P[it, w] * zinv[w]
+                mui = min(dd[w] * fw, 1.0)
+                tiny |= mui < _TINY
+                if want_mu:
+                    mu_out[b0 + w, it] = mui
+                if with_g:
+                    cov_out[b0 + w, it] = (ddg[w] + Wt[it, w] * dd[w]) * fw - mui * gbar[w]
+        if tiny:  # rare (kept out of the loop above, which then vectorises): see backward._tiny_marginal
+            for w in range(L):
+                if b0 + w < b1 and kl[w] > 0 and Y[it, w] > -np.inf:  # (-inf: unavailable item)
+                    mui = min(dd[w] * P[it, w] * zinv[w], 1.0)
+                    if mui < _TINY:
+                        mui = _tiny_marginal(Y[it, w], dd[w], math.log(zinv[w]))
+                        fw = mui / dd[w] if dd[w] > 0.0 else 0.0
+                        if want_mu:
+                            mu_out[b0 + w, it] = mui
+                        if with_g:
+                            cov_out[b0 + w, it] = (ddg[w] + Wt[it, w] * dd[w]) * fw - mui * gbar[w]
+        # --- R_i (and H_i) from R_{i+1}, counts u <= K
+        rb = 1 - ra
+        for f in range(_U(0), _U((K + 1) * L)):
+            R[rb, f] = _flush(Qt[it, f] * R[ra, f] + Pt[it, f] * R[ra, f + _UL])
+        if with_g:
+            for f in range(_U(0), _U((K + 1) * L)):
+                H[rb, f] = _flush_signed(
+                    Qt[it, f] * H[ra, f] + Pt[it, f] * H[ra, f + _UL] + Ht[it, f] * R[ra, f + _UL]
+                )
+        ra = rb
+    # trivial rows: k = m selects every free item
+    for w in range(L):
+        b = b0 + w
+        if b < b1 and k[b] > 0 and k[b] == ml[w]:
+            for i in range(n):
+                if theta[b, i] > -np.inf:
+                    if want_mu:
+                        mu_out[b, i] = 1.0
+                    for si in range(S):
+                        z[si, b, i] = 1
+    if want_h:  # H = log Pr(S = k) + sum_i softplus(y_i) - mu_i y_i (see _entropy_term); trivial rows: 0
+        for w in range(L):
+            b = b0 + w
+            if b < b1 and kl[w] > 0 and zinv[w] > 0.0:
+                h = -math.log(zinv[w])
+                for i in range(n):
+                    if Y[i, w] > -np.inf:
+                        h += _entropy_term(Y[i, w], mu_out[b, i])
+                h_out[b] = h
+
+
+@_jit
+def _lanes_rows(theta, k, K, want_mu, want_cov, want_h, v, u, z, mu_out, cov_out, h_out, ok, b0, b1):
+    """Rows ``b0 .. b1-1`` in groups of ``LANES`` (one work space for all the groups)."""
+    n = theta.shape[1]
+    S = u.shape[0]
+    L = _LANES
+    F = (K + 2) * L
+    ws = LanesWorkspace(
+        np.empty((n, L)),  # P
+        np.empty((n, L)),  # Q
+        np.empty((n, L)),  # Y
+        np.empty((n, L)),  # Wt
+        np.ones((n, L)),  # ONE
+        np.empty((n, F)),  # Pt
+        np.empty((n, F)),  # Qt
+        np.empty((n if want_cov else 1, F)),  # Ht
+        np.empty((n + 1, F)),  # A
+        np.empty((n + 1 if want_cov else 1, F)),  # G
+        np.empty((2, F)),  # R
+        np.empty((2, F)),  # H
+        np.empty((S, L), np.int64),  # need
+        np.empty(L, np.int64),  # kl
+        np.empty(L, np.int64),  # ml
+        np.empty(L),  # zinv
+        np.empty(L),  # gbar
+        np.empty(L),  # dd
+        np.empty(L),  # ddg
+        np.empty(n, np.int64),  # idx
+        np.empty(n),  # x
+        np.empty(n),  # p
+        np.empty(n),  # q
+    )
+    for g0 in range(b0, b1, L):
+        _lanes_group(
+            theta, k, K, want_mu, want_cov, want_h, v, u, z, mu_out, cov_out, h_out, ok, g0, min(g0 + L, b1), ws
+        )
