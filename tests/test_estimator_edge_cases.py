@@ -1,4 +1,4 @@
-"""Estimator edge cases (issue 11, item 7): k = 0, empty batches, a second backward through the same output,
+"""Estimator edge cases: k = 0, empty batches, a second backward through the same output,
 and AIMLE's adaptation counted per forward call."""
 
 from __future__ import annotations
