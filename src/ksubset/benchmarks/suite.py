@@ -21,7 +21,9 @@ from ksubset.experiments.common import int_arg
 
 from . import applications, cardinality, engines, report
 
-__all__ = ["main", "parser"]
+__all__ = ["SECTIONS", "main", "parser"]
+
+SECTIONS = ["engines", "large", "growth", "applications", "cardinality"]
 
 
 def parser() -> argparse.ArgumentParser:
@@ -38,6 +40,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile model rows")
     p.add_argument("--no-applications", action="store_true", help="skip the application table")
     p.add_argument("--no-cardinality", action="store_true", help="skip the inverse map and count constraints")
+    p.add_argument("--only", action="append", choices=SECTIONS, metavar="SECTION",
+                   help=f"run only this section (repeatable): {', '.join(SECTIONS)}")
     p.add_argument("--threads", type=int_arg(1), default=None,
                    help="torch.set_num_threads(N) first (default: torch's default); the application table "
                         "also runs each row on 1 thread")
@@ -57,6 +61,8 @@ def _check_device(device: str) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    skip = {name for name in SECTIONS if getattr(args, f"no_{name}", False)}
+    run = {name for name in SECTIONS if name not in skip and (args.only is None or name in args.only)}
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     problem = _check_device(args.device)
@@ -72,20 +78,22 @@ def main(argv: list[str] | None = None) -> int:
         f"numba {meta.get('numba', 'absent')}); engines {meta['engines']}; "
         f"load average {meta.get('loadavg_start', '?')}")
     t0 = time.perf_counter()
-    main_rows = engines.engine_rows(args.device, args.quick, not args.no_memory, log)
-    large = [] if args.no_large else engines.large_rows(args.device, args.quick, log)
-    growth = {} if args.no_growth else engines.growth(args.device, args.quick, log)
-    apps = [] if args.no_applications else applications.application_rows(
+    main_rows = engines.engine_rows(args.device, args.quick, not args.no_memory, log) if "engines" in run else []
+    large = engines.large_rows(args.device, args.quick, log) if "large" in run else []
+    growth = engines.growth(args.device, args.quick, log) if "growth" in run else {}
+    apps = [] if "applications" not in run else applications.application_rows(
         args.device, args.quick, threads=args.threads, compile_models=not args.no_compile, log=log)
     targets = report.engine_targets(main_rows, large, growth)
     with contextlib.suppress(OSError, AttributeError):
         meta["loadavg_end"] = os.getloadavg()
     meta["wall_s"] = time.perf_counter() - t0
 
-    print()
-    print(report.engine_table(main_rows + large))
-    print()
-    report.print_targets("engine-table targets", targets)
+    if main_rows or large:
+        print()
+        print(report.engine_table(main_rows + large))
+    if targets:
+        print()
+        report.print_targets("engine-table targets", targets)
     if apps:
         print(f"\napplication table ({meta['cpu_count']} cores; medians of interleaved runs):\n")
         print(report.application_table(apps))
@@ -98,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nwrote {os.path.join(args.out, 'bench.json')}"
           + ("" if not growth or msg else f" and {os.path.join(args.out, 'growth.png')}")
           + (f" ({msg})" if msg else "") + f" in {meta['wall_s']:.0f} s")
-    if not args.no_cardinality:
+    if "cardinality" in run:
         cardinality.main((["--quick"] if args.quick else []) + ["--out", args.out])
     return 0
 
