@@ -1,4 +1,4 @@
-"""Count-constrained subsets against brute-force enumeration (tests/oracle_counts.py)."""
+"""Count-constrained subsets against brute-force enumeration (tests/oracle.py)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from oracle_counts import enumerate_counts, kl_counts
 from scipy import stats
 
 import ksubset
 from ksubset.core import cardinality as card
 from ksubset.core.cardinality import AtMost, Between, CountPotential, Exactly
+
+from oracle import enumerate_counts, kl_counts
 
 SCALES = [0.01, 1.0, 30.0, 1000.0]
 

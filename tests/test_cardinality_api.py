@@ -7,10 +7,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from oracle_counts import enumerate_counts
 
 import ksubset
 from ksubset import AtMost, Between, CountPotential
+
+from oracle import enumerate_counts
 
 
 def test_top_level_functions_dispatch_and_keep_exactly_k():
@@ -96,7 +97,7 @@ def test_score_function_and_unsupported_estimator():
 
 def test_imle_map_is_the_best_counts_top_set():
     theta = torch.tensor([3.0, 2.0, -0.5, -1.0, -4.0])
-    z = ksubset.estimators.get("imle", tau=1e-6)(theta, AtMost(4))  # ~no noise: the MAP
+    z = ksubset.estimators.get("imle", noise_scale=1e-6)(theta, AtMost(4))  # ~no noise: the MAP
     assert z.tolist() == [1.0, 1.0, 0.0, 0.0, 0.0]
 
 

@@ -1,4 +1,4 @@
-"""KSubset as a torch.distributions.Distribution."""
+"""KSubset as a torch.distributions.Distribution, against the enumeration oracle, on every engine."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from ksubset import KSubset
 from oracle import enumerate_row, kl_rows
 
 
-def test_methods_match_functions_and_oracle():
+def test_methods_match_functions_and_oracle(engine):
     g = torch.Generator().manual_seed(0)
     theta = torch.randn(2, 3, 7, generator=g, dtype=torch.float64)
     k = torch.tensor([[1, 3, 5], [2, 2, 7]])
@@ -30,16 +30,23 @@ def test_methods_match_functions_and_oracle():
     assert lp.shape == (4, 2, 3) and torch.isfinite(lp).all()
 
 
-def test_rsample_is_simple_and_differentiable():
+def test_rsample_is_simple_and_differentiable(engine):
     theta = torch.randn(3, 8, dtype=torch.float64, requires_grad=True)
     d = KSubset(theta, 3)
     z = d.rsample((5,))
     assert z.shape == (5, 3, 8) and (z.sum(-1) == 3).all()
     z.sum().backward()  # sum(z) = k is constant: Cov · 1 = 0
     assert torch.allclose(theta.grad, torch.zeros_like(theta), atol=1e-12)
+    # the gradient of rsample is SIMPLE's: Cov(z) g per row, summed over the sample dimension
+    theta.grad = None
+    g = torch.randn(5, 3, 8, dtype=torch.float64)
+    d.rsample((5,), generator=torch.Generator().manual_seed(0)).backward(g)
+    for b in range(3):
+        cov = torch.from_numpy(enumerate_row(theta[b].detach().numpy(), 3).covariance)
+        torch.testing.assert_close(theta.grad[b], cov @ g[:, b].sum(0), rtol=1e-9, atol=1e-11)
 
 
-def test_kl_registered_and_exact():
+def test_kl_registered_and_exact(engine):
     g = torch.Generator().manual_seed(1)
     p, q = torch.randn(2, 6, generator=g, dtype=torch.float64), torch.randn(2, 6, generator=g, dtype=torch.float64)
     kl = kl_divergence(KSubset(p, 3), KSubset(q, 3))
@@ -49,7 +56,7 @@ def test_kl_registered_and_exact():
         kl_divergence(KSubset(p, 3), KSubset(q, 2))
 
 
-def test_kl_with_masks_and_incompatible_supports():
+def test_kl_with_masks_and_incompatible_supports(engine):
     p = torch.randn(6, dtype=torch.float64)
     m1 = torch.tensor([True, True, True, True, False, True])
     kl_same = kl_divergence(KSubset(p, 2, m1), KSubset(p * 2, 2, m1))
@@ -61,7 +68,7 @@ def test_kl_with_masks_and_incompatible_supports():
     assert torch.isfinite(kl_divergence(KSubset(p, 2, m1), KSubset(p, 2)))
 
 
-def test_expand_and_validate_args():
+def test_expand_and_validate_args(engine):
     theta = torch.randn(5)
     d = KSubset(theta, 2, validate_args=True).expand((3,))
     assert d.batch_shape == (3,) and d.sample().shape == (3, 5)

@@ -1,5 +1,5 @@
-"""Estimator edge cases: k = 0, empty batches, a second backward through the same output,
-and AIMLE's adaptation counted per forward call."""
+"""Estimator edge cases: k = 0, empty batches, a second backward through the same output, and AIMLE's
+adaptation counted per forward call. Tests whose estimators run an exact engine run on every engine."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def test_relaxations_at_k0_give_a_zero_gradient_of_the_logits_shape(name):
 
 
 @pytest.mark.parametrize("name", PATHWISE)
-def test_every_pathwise_estimator_accepts_an_empty_batch(name):
+def test_every_pathwise_estimator_accepts_an_empty_batch(name, engine):
     logits = torch.randn(0, N, requires_grad=True)
     z = E.get(name)(logits, _k(name, K))
     assert z.shape == (0, N)
@@ -39,7 +39,7 @@ def test_every_pathwise_estimator_accepts_an_empty_batch(name):
 
 
 @pytest.mark.parametrize("name", CLOSURE_BACKWARD)
-def test_closure_estimators_survive_retain_graph_double_backward(name):
+def test_closure_estimators_survive_retain_graph_double_backward(name, engine):
     torch.manual_seed(0)
     logits = torch.randn(4, N, requires_grad=True)
     z = E.get(name)(logits, K, generator=torch.Generator().manual_seed(0))

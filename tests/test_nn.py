@@ -1,14 +1,18 @@
-"""Tests for ksubset.nn.KSubsetLayer (issue 4)."""
+"""Tests for ksubset.nn.KSubsetLayer. Tests whose estimator or evaluation mode runs an exact engine run on every
+engine."""
 
 from __future__ import annotations
 
 import io
+import warnings
 
 import pytest
 import torch
 
 from ksubset import core
 from ksubset.nn import KSubsetLayer
+
+from oracle import enumerate_row
 
 N, K = 8, 3
 PATHWISE = ["simple", "simple_f", "simple_b", "ste", "relaxed_topk", "st_relaxed_topk", "imle", "aimle"]
@@ -23,7 +27,7 @@ def logits(rows: int = 6, seed: int = 0) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("name", PATHWISE)
-def test_train_uses_the_estimator_eval_returns_top_k(name):
+def test_train_uses_the_estimator_eval_returns_top_k(name, engine):
     layer = KSubsetLayer(K, name)
     assert layer.training
     x = logits()
@@ -38,14 +42,14 @@ def test_train_uses_the_estimator_eval_returns_top_k(name):
 
 
 def test_training_output_is_the_estimators():
-    layer = KSubsetLayer(K, "imle", lam=5.0, tau=0.5)
+    layer = KSubsetLayer(K, "imle", lam=5.0, noise_scale=0.5)
     x = logits()
     from ksubset.estimators import imle
 
-    assert torch.equal(layer(x, generator=gen(3)), imle(x, K, generator=gen(3), lam=5.0, tau=0.5))
+    assert torch.equal(layer(x, generator=gen(3)), imle(x, K, generator=gen(3), lam=5.0, noise_scale=0.5))
 
 
-def test_eval_modes():
+def test_eval_modes(engine):
     x = logits()
     sampler = KSubsetLayer(K, eval_mode="sample").eval()
     z = sampler(x, generator=gen(4))
@@ -53,12 +57,14 @@ def test_eval_modes():
     marg = KSubsetLayer(K, eval_mode="marginals").eval()
     mu = marg(x)
     torch.testing.assert_close(mu, core.marginals(x.detach(), K))
+    oracle = torch.stack([torch.from_numpy(enumerate_row(r.detach().numpy(), K).marginals) for r in x])
+    torch.testing.assert_close(mu, oracle, rtol=1e-10, atol=1e-12)
     mu.sum().backward()  # differentiable in evaluation mode
     assert x.grad is not None
 
 
 @pytest.mark.parametrize("name", ["simple", "imle", "relaxed_topk"])
-def test_masks_and_per_row_k_pass_through(name):
+def test_masks_and_per_row_k_pass_through(name, engine):
     x = logits()
     mask = torch.ones(6, N, dtype=torch.bool)
     mask[:, 0] = False
@@ -78,8 +84,8 @@ def test_masks_and_per_row_k_pass_through(name):
 
 
 def test_extra_repr_shows_the_configuration():
-    layer = KSubsetLayer(5, "relaxed_topk", eval_mode="marginals", t=0.5)
-    assert repr(layer) == "KSubsetLayer(k=5, estimator='relaxed_topk', eval_mode='marginals', t=0.5)"
+    layer = KSubsetLayer(5, "relaxed_topk", eval_mode="marginals", temperature=0.5)
+    assert repr(layer) == "KSubsetLayer(k=5, estimator='relaxed_topk', eval_mode='marginals', temperature=0.5)"
     assert "lam=2.5" in repr(KSubsetLayer(2, "imle"))
 
 
@@ -91,7 +97,7 @@ def test_state_dict_round_trip():
     x = logits()
     assert torch.equal(other(x, generator=gen(6)), layer(x, generator=gen(6)))
     # through torch.save / torch.load(weights_only=True), inside a model
-    model = torch.nn.Sequential(torch.nn.Linear(3, N), KSubsetLayer(2, "st_relaxed_topk", t=0.3))
+    model = torch.nn.Sequential(torch.nn.Linear(3, N), KSubsetLayer(2, "st_relaxed_topk", temperature=0.3))
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
     buf.seek(0)
@@ -102,7 +108,7 @@ def test_state_dict_round_trip():
 
 
 def test_state_dict_keeps_the_adaptive_aimle_state():
-    layer = KSubsetLayer(K, "aimle", lam=1.0, step=0.25, target=100.0)
+    layer = KSubsetLayer(K, "aimle", initial_beta=1.0, step=0.25, target=100.0)
     x = logits()
     for i in range(2):
         layer(x, generator=gen(7 + i)).sum().backward()
@@ -127,7 +133,30 @@ def test_rejects_bad_configuration():
         KSubsetLayer(K, eval_mode="argmax")
     with pytest.raises(ValueError, match="k must be an int"):
         KSubsetLayer(-1)
-    with pytest.raises(ValueError, match="t must be a positive"):
-        KSubsetLayer(K, "relaxed_topk", t=0.0)
+    with pytest.raises(ValueError, match="temperature must be a positive"):
+        KSubsetLayer(K, "relaxed_topk", temperature=0.0)
     with pytest.raises(ValueError, match="not a KSubsetLayer"):
         KSubsetLayer(K).load_state_dict({"_extra_state": {"k": 3}})
+
+
+@pytest.mark.parametrize("name, old, new", [("relaxed_topk", "t", "temperature"), ("imle", "tau", "noise_scale"),
+                                            ("aimle", "lam", "initial_beta")])
+def test_old_hyperparameter_names_warn_and_configure_the_new_ones(name, old, new):
+    with pytest.warns(DeprecationWarning, match=rf"'{old}' is deprecated.*use '{new}'") as record:
+        layer = KSubsetLayer(K, name, **{old: 0.25})
+    assert [w.filename for w in record] == [__file__]  # points at the caller, not at the library
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fresh = KSubsetLayer(K, name, **{new: 0.25})
+    assert repr(layer) == repr(fresh) and f"{new}=0.25" in repr(layer) and f" {old}=" not in repr(layer)
+    x = logits()
+    assert torch.equal(layer(x, generator=gen(10)), fresh(x, generator=gen(10)))
+
+
+def test_a_state_dict_saved_with_an_old_name_still_loads():
+    state = KSubsetLayer(2, "st_relaxed_topk", temperature=0.3).state_dict()
+    state["_extra_state"]["hyperparameters"] = {"t": 0.3}  # as saved before the rename
+    layer = KSubsetLayer(1)
+    with pytest.warns(DeprecationWarning, match="'t' is deprecated.*'temperature'"):
+        layer.load_state_dict(state)
+    assert layer.hyperparameters == {"temperature": 0.3}

@@ -22,7 +22,7 @@ from .core.cardinality import AtMost, Between, CountPotential, Exactly, count_di
 from .core.inverse import logits_from_marginals, sample_from_marginals
 from .distribution import KSubset
 from .estimators import cardinality as _card_estimators
-from .estimators.simple import simple as _simple
+from .estimators import simple as _simple
 
 # exactly-k functions that also take a count constraint in place of k (one isinstance check per call)
 entropy = _accepts_counts(_core.entropy, cardinality.entropy)

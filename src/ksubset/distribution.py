@@ -9,7 +9,7 @@ from torch.distributions.utils import lazy_property
 
 from . import core
 from .core._problem import check_generator, check_k, check_logits, check_mask, prepare
-from .estimators.simple import simple
+from .estimators import simple
 
 __all__ = ["KSubset", "KHot"]
 

@@ -27,7 +27,7 @@ import torch
 
 import ksubset
 from ksubset.core.inverse import logits_from_marginals
-from ksubset.estimators.simple import simple as simple_exact
+from ksubset.estimators import simple as simple_exact
 from ksubset.experiments.common import int_arg
 
 from .report import atomic_write

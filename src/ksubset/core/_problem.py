@@ -6,7 +6,9 @@ Every public function goes through :func:`prepare`, which
 * flattens the batch to ``[B, n]``,
 * removes the two kinds of extreme items: unavailable ones (``mask == False`` or ``-inf`` logits) are
   never selected, forced ones (``+inf`` logits) are always selected, so the remaining *free* items carry a
-  reduced requirement ``k_free = k - #forced``.
+  reduced requirement ``k_free = k - #forced``,
+* applies the limit rule of :mod:`._extremes`: finite logits further below (above) the others than the compute
+  dtype can resolve are made unavailable (forced), and the remaining free logits are re-centred.
 
 The checks that need the values (NaN, ``k`` against each row's available and forced items) run inside the
 operator ``ksubset::canonical`` (:mod:`.ops`): opaque to ``torch.compile``, so they run, and raise, with the
@@ -14,6 +16,8 @@ compiled code too, without breaking its graph.
 
 The engines (``reference``, ``tree``, ``kernels``) only ever see the canonical problem: free items have
 finite logits, every other item has logit ``-inf``, and ``0 <= k_free <= #free`` holds in every row.
+Quantities that are not shift-invariant (``log Z``, ``log p(z)``, KL) add back what the limit rule took out
+(``Problem.limit``).
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from . import ops
-from .engine import resolve
+from . import _extremes, ops
+from ._extremes import Limit
+from .engine import engine_for_call
 
 __all__ = ["Problem", "prepare", "compute_dtype", "check_generator"]
 
@@ -43,15 +48,20 @@ class Problem:
 
     Attributes:
         theta: ``[B, n]`` logits in the compute dtype; finite on free items, ``-inf`` elsewhere. Keeps the
-            autograd link to the caller's logits (gradients reach the free items only).
+            autograd link to the caller's logits (gradients reach the free items only). Minus ``limit.shift``
+            when the limit rule ran.
         k: ``[B]`` int64, how many *free* items each row selects.
         free: ``[B, n]`` bool, items that are neither forced nor unavailable.
-        forced: ``[B, n]`` bool, items that are always selected (``+inf`` logits that are available).
-        available: ``[B, n]`` bool, items that may be selected (free or forced).
+        forced: ``[B, n]`` bool, items that are always selected (available ``+inf`` logits, and the items the
+            limit rule forced).
+        available: ``[B, n]`` bool, the caller's available items (not masked, logit not ``-inf``): free,
+            forced, and the items the limit rule made unavailable.
         batch_shape: the caller's batch shape (``logits.shape[:-1]``).
         dtype: the caller's dtype (outputs are cast back to it).
         engine: the name of the engine that runs (resolved when the problem is prepared).
         k_static: the caller's ``k`` when it was a Python int (every row's full ``k``), else None.
+        limit: what the limit rule did (:class:`._extremes.Limit`), or None when it did not run (then no
+            logit is extreme, and ``theta`` is not shifted).
     """
 
     theta: Tensor
@@ -63,6 +73,7 @@ class Problem:
     dtype: torch.dtype
     engine: str = "auto"
     k_static: int | None = None
+    limit: Limit | None = None
 
     @property
     def n(self) -> int:
@@ -78,6 +89,11 @@ class Problem:
         lead = x.shape[: x.dim() - 1 - event_dims]
         event = x.shape[x.dim() - event_dims :]
         return x.reshape(*lead, *self.batch_shape, *event)
+
+    @property
+    def hard_forced(self) -> Tensor:
+        """``[B, n]`` bool, the items forced by a ``+inf`` logit (not by the limit rule)."""
+        return self.forced if self.limit is None else self.forced & ~self.limit.forced
 
 
 def check_logits(logits: object, name: str = "logits") -> Tensor:
@@ -162,13 +178,21 @@ def prepare(logits: Tensor, k: int | Tensor, mask: Tensor | None = None, *, name
     flat_mask = None if mask is None else mask.reshape(-1, n)
     x_in, k_in = x.detach(), kt.reshape(-1)
     k_static = int(k) if isinstance(k, int) else None
-    engine = resolve(device, dt)
+    engine = engine_for_call(device, dt, n, k_static)
     if ops.direct(x_in, k_in, flat_mask):
         k_free, free, forced, all_free = ops.canonical_checked(x_in, k_in, flat_mask, batch_shape, name, k_static)
-        if all_free:  # nothing to cut (the common call): skip the where()
-            return Problem(x, k_free, free, forced, free, batch_shape, logits.dtype, engine, k_static)
-    else:
+        if not _extremes.needed(x_in, free, all_free):
+            if all_free:  # nothing to cut (the common call): skip the where()
+                return Problem(x, k_free, free, forced, free, batch_shape, logits.dtype, engine, k_static)
+            # where() keeps the autograd link for free items and cuts it elsewhere.
+            theta = torch.where(free, x, torch.full((), float("-inf"), dtype=dt, device=device))
+            return Problem(theta, k_free, free, forced, free | forced, batch_shape, logits.dtype, engine, k_static)
+        available = free | forced
+        k_free, free, forced, lf, lr, shift = _extremes.apply(x_in, k_free, free, forced)
+    else:  # compiling or under torch.func: the operators (opaque, no data-dependent branch in the graph)
         k_free, free, forced = ops.canonical(x_in, k_in, flat_mask, list(batch_shape), name, k_static)
-    # where() keeps the autograd link for free items and cuts it elsewhere.
-    theta = torch.where(free, x, torch.full((), float("-inf"), dtype=dt, device=device))
-    return Problem(theta, k_free, free, forced, free | forced, batch_shape, logits.dtype, engine, k_static)
+        available = free | forced
+        k_free, free, forced, lf, lr, shift = _extremes.limit(x_in, k_free, free, forced)
+    theta = torch.where(free, x - shift.unsqueeze(-1), torch.full((), float("-inf"), dtype=dt, device=device))
+    lim = Limit(x, shift, lf, lr)
+    return Problem(theta, k_free, free, forced, available, batch_shape, logits.dtype, engine, k_static, lim)

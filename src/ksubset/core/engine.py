@@ -25,12 +25,13 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from . import kernels, reference, tree
+from . import closed_form, kernels, reference, tree
 
 __all__ = [
     "Engine",
     "available_engines",
     "default_engine",
+    "engine_for_call",
     "engine_module",
     "resolve",
     "set_engine",
@@ -104,6 +105,8 @@ def engine_module(name: str) -> ModuleType:
     """The module implementing engine ``name`` (raises ``ValueError`` for unknown/unavailable names)."""
     if name in _BUILTIN:
         return _BUILTIN[name]
+    if name in CLOSED_FORMS:
+        return CLOSED_FORMS[name]  # type: ignore[return-value]  # an object with the engine's functions
     if name == "kernels" and _kernels() is not None:
         return _kernels()  # type: ignore[return-value]
     raise ValueError(f"unknown or unavailable engine {name!r}; available: {available_engines()}")
@@ -158,6 +161,23 @@ def current_override() -> str | None:
     else:
         choice = _override.get()
     return choice if choice is not None else _global_choice
+
+
+#: The engines of rows that choose one item or all but one (not general engines: chosen per call, below).
+CLOSED_FORMS = {"closed_form_one": closed_form.ONE, "closed_form_all_but_one": closed_form.ALL_BUT_ONE}
+
+
+def engine_for_call(device: torch.device, dtype: torch.dtype, n: int, k_static: int | None) -> str:
+    """The engine for one public call: :func:`resolve`, except that without a forced choice a Python-int
+    ``k ≤ 1`` or ``k ≥ n − 1`` takes the closed forms of :mod:`.closed_form` (every row then has
+    ``k ∈ {0, 1}``, respectively ``k ∈ {m − 1, m}``, of its ``m`` free items, whatever the mask, the infinite
+    logits and the limit rule)."""
+    if current_override() is None and k_static is not None:
+        if k_static <= 1:
+            return "closed_form_one"
+        if k_static >= n - 1:
+            return "closed_form_all_but_one"
+    return resolve(device, dtype)
 
 
 def resolve(device: torch.device, dtype: torch.dtype | None = None) -> str:

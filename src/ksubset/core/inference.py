@@ -8,6 +8,13 @@ Extreme logits: ``-inf`` (or ``mask == False``) means *never selected*; ``+inf``
 Forced items are conditioned on: they contribute nothing to ``theta · z`` or to ``log_partition``, so the
 log-partition, log-probabilities, entropy and KL are those of the distribution over the remaining (free)
 items, which choose ``k - #forced`` of themselves.
+
+Extreme *finite* logits (``torch.finfo(dtype).min`` as a mask, ``1e30``) are taken at their limit (see
+:mod:`._extremes`): an item further below (above) the others than the compute dtype resolves is never (always)
+selected, exactly like a ``-inf`` (``+inf``) logit, except that its finite logit still counts where the
+value is finite: ``log_partition`` includes the logits of the items so forced, ``log_prob`` keeps the true
+(very negative) value of a subset that leaves one out, and ``kl_uniform`` is relative to every item the caller
+left available.
 """
 
 from __future__ import annotations
@@ -19,8 +26,8 @@ from dataclasses import replace
 import torch
 from torch import Tensor
 
-from . import functions
-from ._problem import Problem, check_logits, prepare
+from . import _extremes, functions
+from ._problem import Problem, check_generator, check_logits, prepare
 from .engine import engine_module
 from .numerics import tilt
 
@@ -40,8 +47,18 @@ _SampleShape = int | Sequence[int] | torch.Size
 
 
 def _log_z(P: Problem) -> Tensor:
-    """Differentiable ``log Z`` of the free items, ``[B]`` in the compute dtype."""
+    """Differentiable ``log Z`` of the free items, ``[B]`` in the compute dtype (of the re-centred remaining
+    problem when the limit rule ran: see :func:`_full_log_z`)."""
     return functions.log_partition(P.theta, P.k, P.engine)
+
+
+def _full_log_z(P: Problem) -> Tensor:
+    """``log Z`` of the caller's logits (forced ``+inf`` items excluded), ``[B]``: with the limit rule, plus the
+    limit-forced logits and the re-centring."""
+    lz = _log_z(P)
+    if P.limit is not None:
+        lz = _extremes.full_log_z(P.limit, P.k, lz)
+    return lz
 
 
 def _free_marginals(P: Problem) -> Tensor:
@@ -56,7 +73,7 @@ def _theta_or_zero(P: Problem) -> Tensor:
 def log_partition(logits: Tensor, k: int | Tensor, mask: Tensor | None = None) -> Tensor:
     """``log e_k(exp theta)`` per row, ``[...]``. Differentiable (gradient = marginals, Hessian = Cov)."""
     P = prepare(logits, k, mask)
-    return _log_z(P).reshape(P.batch_shape).to(P.dtype)
+    return _full_log_z(P).reshape(P.batch_shape).to(P.dtype)
 
 
 def marginals(logits: Tensor, k: int | Tensor, mask: Tensor | None = None) -> Tensor:
@@ -108,6 +125,7 @@ def sample(
     Every row has exactly ``k`` ones. This is *not* Gumbel top-k (sampling without replacement), which is a
     different distribution. Randomness comes only from ``generator`` (or the global generator).
     """
+    check_generator(generator)
     P = prepare(logits, k, mask)
     shape, S = _num_samples(sample_shape)
     z = functions.sample(P.theta, P.k, _uniforms(P, S, generator), P.engine)
@@ -127,6 +145,7 @@ def sample_and_marginals(
     The building block of SIMPLE (``z + mu - mu.detach()``); cheaper than calling ``sample`` and
     ``marginals`` separately.
     """
+    check_generator(generator)
     P = prepare(logits, k, mask)
     shape, S = _num_samples(sample_shape)
     z, mu = functions.sample_and_marginals(P.theta, P.k, _uniforms(P, S, generator), P.engine)
@@ -151,17 +170,21 @@ def _check_z(z: object, logits: Tensor) -> Tensor:
 
 
 def _support_check(P: Problem, z: Tensor) -> tuple[Tensor, Tensor]:
-    """``z`` as compute-dtype ``[..., *batch, n]`` and whether each is a valid k-subset, ``[..., *batch]``."""
+    """``z`` as compute-dtype ``[..., *batch, n]`` and whether each is a valid k-subset, ``[..., *batch]``.
+
+    Valid: 0/1, no unavailable item, every ``+inf`` item, ``k`` ones in all. Items of the limit rule may be
+    either (their log-probability is finite, see :func:`._extremes.log_prob_terms`).
+    """
     zc = z.to(P.theta.dtype)
-    free = P.unflatten(P.free)
-    forced = P.unflatten(P.forced)
-    k_free = P.k.reshape(P.batch_shape)
+    available = P.unflatten(P.available)
+    hard_forced = P.unflatten(P.hard_forced)
+    k_full = (P.k + P.forced.sum(-1)).reshape(P.batch_shape)
     binary = ((zc == 0) | (zc == 1)).all(-1)
     on_support = (
         binary
-        & torch.where(free | forced, True, zc == 0).all(-1)
-        & torch.where(forced, zc == 1, True).all(-1)
-        & ((zc * free).sum(-1) == k_free)
+        & torch.where(available, True, zc == 0).all(-1)
+        & torch.where(hard_forced, zc == 1, True).all(-1)
+        & ((zc * available).sum(-1) == k_full)
     )
     return zc, on_support
 
@@ -182,18 +205,20 @@ def log_prob(
         raise ValueError("z is not a k-subset of the available items in every row (see ksubset.log_prob)")
     score = (P.unflatten(_theta_or_zero(P)) * zc).sum(-1)
     lp = score - _log_z(P).reshape(P.batch_shape)
+    if P.limit is not None:  # the limit items' terms (and the re-centring of theta) complete log p(z)
+        lp = lp + _extremes.log_prob_terms(P.limit, zc, P.unflatten)
     return torch.where(ok, lp, float("-inf")).to(P.dtype)
 
 
-def _tilted(P: Problem) -> Problem:
-    """The same problem with each row's logits shifted so that ``sum sigmoid(theta) ≈ k``.
+def _tilted(P: Problem) -> tuple[Problem, Tensor]:
+    """The same problem with each row's logits shifted so that ``sum sigmoid(theta) ≈ k``, and the shift ``[B]``.
 
     Shifting changes nothing mathematically (``p_{theta + c} = p_theta``), but a KL computed as a difference
     of large terms loses ``|theta| * eps`` to cancellation; after the shift the terms are smaller. The shift
     is detached, which is exact for shift-invariant quantities.
     """
     c = tilt(P.theta.detach(), P.k)
-    return replace(P, theta=P.theta + c.unsqueeze(-1))
+    return replace(P, theta=P.theta + c.unsqueeze(-1)), c
 
 
 def _entropy(P: Problem) -> Tensor:
@@ -236,15 +261,21 @@ def kl_divergence(
         ) from None
     if p_logits.shape[-1] != q_logits.shape[-1]:
         raise ValueError("p_logits and q_logits must have the same number of items (last dimension)")
-    P = _tilted(prepare(p_logits.expand(shape), k, mask, name="p_logits"))
-    Q = _tilted(prepare(q_logits.expand(shape), k, mask, name="q_logits"))
+    P, _ = _tilted(prepare(p_logits.expand(shape), k, mask, name="p_logits"))
+    Q, c_q = _tilted(prepare(q_logits.expand(shape), k, mask, name="q_logits"))
     mu = _free_marginals(P) + P.forced.to(P.theta.dtype)
     # KL is invariant to shifting theta and phi separately, so the tilted logits may be used.
     kl = ((_theta_or_zero(P) - _theta_or_zero(Q).to(P.theta.dtype)) * mu).sum(-1) - _log_z(P)
     kl = kl + _log_z(Q).to(kl.dtype)
+    if Q.limit is not None:
+        # E_p log q(z) with q's limit items: their terms, and the tilt of q's remaining problem, which p's
+        # subsets may take more or fewer of than q's remaining k (shift invariance holds only at that k).
+        on_rest = (mu * Q.free).sum(-1) - Q.k.to(mu.dtype)
+        extra = _extremes.expected_terms(Q.limit, mu) - c_q.to(mu.dtype) * on_rest
+        kl = kl - torch.where(Q.limit.rows, extra, 0.0)
     may_select = P.forced | (P.free & (P.k > 0).unsqueeze(-1))
     must_select = P.forced | (P.free & (P.k == P.free.sum(-1)).unsqueeze(-1))
-    incompatible = (may_select & ~Q.available).any(-1) | (Q.forced & ~must_select).any(-1)
+    incompatible = (may_select & ~Q.available).any(-1) | (Q.hard_forced & ~must_select).any(-1)
     kl = torch.where(incompatible, float("inf"), kl)
     return kl.reshape(P.batch_shape).to(P.dtype)
 

@@ -34,14 +34,15 @@ operators in ``autograd.Function``\\ s that add forward mode (``jvp``) for eager
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import ModuleType
+from typing import Any
 
 import torch
 from torch import Tensor
 from torch.utils._python_dispatch import _disable_current_modes
 
-from .engine import default_engine, engine_module
+from .engine import CLOSED_FORMS, default_engine, engine_module
 from .numerics import tilt
 
 __all__ = [
@@ -66,8 +67,11 @@ def _engine(name: str, device: torch.device) -> ModuleType:
     return engine_module(name)
 
 
-def _K(k: Tensor) -> int:
-    """The truncation length ``max(k)`` (a host value: read inside the operators, never in a graph)."""
+def _K(k: Tensor, engine: str = "") -> int | None:
+    """The truncation length ``max(k)`` (a host value: read inside the operators, never in a graph); the
+    closed forms do not need it (and skip the host synchronisation)."""
+    if engine in CLOSED_FORMS:
+        return None
     return int(k.max()) if k.numel() else 0
 
 
@@ -220,34 +224,34 @@ def _define(name: str, fn, fake):
 
 
 def _log_partition(theta: Tensor, k: Tensor, engine: str) -> Tensor:
-    return _engine(engine, theta.device).log_partition(theta, k, _K(k))
+    return _engine(engine, theta.device).log_partition(theta, k, _K(k, engine))
 
 
 def _marginals(theta: Tensor, k: Tensor, engine: str) -> Tensor:
-    return _engine(engine, theta.device).marginals(theta, k, _K(k)).contiguous()
+    return _engine(engine, theta.device).marginals(theta, k, _K(k, engine)).contiguous()
 
 
 def _cov_vec(theta: Tensor, k: Tensor, v: Tensor, engine: str) -> Tensor:
-    return _engine(engine, theta.device).cov_vec(theta, k, _K(k), v.contiguous()).contiguous()
+    return _engine(engine, theta.device).cov_vec(theta, k, _K(k, engine), v.contiguous()).contiguous()
 
 
 def _cov3(theta: Tensor, k: Tensor, v: Tensor, w: Tensor, engine: str) -> Tensor:
     eng = _engine(engine, theta.device)
     if not hasattr(eng, "cov3"):
         eng = engine_module("tree")
-    return eng.cov3(theta, k, _K(k), v, w).contiguous()
+    return eng.cov3(theta, k, _K(k, engine), v, w).contiguous()
 
 
 def _entropy(theta: Tensor, k: Tensor, engine: str) -> Tensor:
-    return _engine(engine, theta.device).entropy(theta, k, _K(k))
+    return _engine(engine, theta.device).entropy(theta, k, _K(k, engine))
 
 
 def _sample(theta: Tensor, k: Tensor, u: Tensor, engine: str) -> Tensor:
-    return _engine(engine, theta.device).sample_given(theta, k, _K(k), u).contiguous()
+    return _engine(engine, theta.device).sample_given(theta, k, _K(k, engine), u).contiguous()
 
 
 def _sample_and_marginals(theta: Tensor, k: Tensor, u: Tensor, engine: str) -> tuple[Tensor, Tensor]:
-    z, mu = _engine(engine, theta.device).sample_and_marginals_given(theta, k, _K(k), u)
+    z, mu = _engine(engine, theta.device).sample_and_marginals_given(theta, k, _K(k, engine), u)
     return z.contiguous(), mu.contiguous()  # the layout the fake implementations promise
 
 
@@ -276,7 +280,7 @@ sample = _define("sample", _sample, _sample_fake)
 sample_and_marginals = _define("sample_and_marginals", _sample_and_marginals, _sample_and_marginals_fake)
 
 #: The implementations behind the operators (what :func:`direct` calls run).
-IMPL = {
+IMPL: dict[str, Callable[..., Any]] = {
     "canonical": _canonical,
     "log_partition": _log_partition,
     "marginals": _marginals,

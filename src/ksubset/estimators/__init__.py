@@ -12,9 +12,10 @@ name                      forward                                 backward
 ``simple_b``              perturb-and-MAP (sum-of-gamma)          ``mu(theta) - mu(theta - lam g)``
 ``simple_fd``             exact k-subset sample                   ``mu(theta) - mu(theta - lam g)``
 ``ste``                   exact sample                            identity
-``gumbel_softmax``        ``softmax((theta + G)/tau)``, k = 1     through the relaxation
+``gumbel_softmax``        ``softmax((theta + G)/temperature)``,   through the relaxation
+                          k = 1
 ``st_gumbel_softmax``     one-hot ``argmax(theta + G)``, k = 1    gradient of ``gumbel_softmax``
-``relaxed_topk``          SoftSub relaxed top-k, temperature t    through the relaxation
+``relaxed_topk``          SoftSub relaxed top-k at temperature    through the relaxation
 ``st_relaxed_topk``       hard top-k of the same perturbed keys   gradient of ``relaxed_topk``
 ``imle``                  ``topk(theta + eps)``                   ``MAP(theta+eps) - MAP(theta-lam g+eps)``
 ``aimle``                 ``topk(theta + eps)``                   adaptive, relative, central differences
@@ -28,28 +29,35 @@ hyper-parameters bound — ``est(logits, k, mask=None, *, generator=None)`` for 
 ``est(logits, k, f, mask=None, *, generator=None)`` for ``"score_function"``. Unknown names and
 hyper-parameters are rejected with the list of valid ones; values are validated when bound.
 :func:`available` lists the names.
+
+Hyper-parameter names: ``temperature`` for a relaxation's temperature, ``noise_scale`` for the scale of
+perturb-and-MAP noise (Niepert et al.'s tau), ``lam`` for a finite-difference perturbation size, ``initial_beta``
+for AIMLE's starting relative perturbation. The old names (``t``, ``tau``, AIMLE's ``lam``) are accepted for one
+release with a ``DeprecationWarning`` naming the new one.
+
+Each estimator lives in a private module that registers it (:func:`._registry.register`); import the
+functions from this package (``from ksubset.estimators import simple``). :mod:`.cardinality` holds the
+count-constraint versions.
 """
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
-
-from ..core._problem import check_generator
-from ..core.cardinality import CountConstraint
-from .cardinality import SUPPORTED as _COUNT_ESTIMATORS
-from .exact import MAX_ENUMERATION_N, exact_expectation, exact_gradient
-from .finite_difference import _check_simple_fd, simple_fd
-from .gumbel import _check_gumbel, gumbel_softmax, st_gumbel_softmax
-from .imle import AIMLEState, _check_aimle, _check_imle, aimle, imle
-from .noise import gumbel_noise, standard_gamma, sum_of_gamma_noise
-from .relaxed_topk import _check_relaxed, relaxed_topk, st_relaxed_topk
-from .score_function import _check_score_function, score_function
-from .simple import simple, straight_through
-from .simple_variants import _check_simple_b, _check_simple_f, simple_b, simple_f
-from .ste import ste
+# Importing the modules registers the estimators, in this order (the order of available()).
+# isort: off
+from . import _simple, _simple_variants, _finite_difference, _ste, _gumbel, _relaxed_topk, _imle  # noqa: F401
+from . import _score_function, cardinality  # noqa: F401
+# isort: on
+from ._common import gumbel_noise, standard_gamma, straight_through, sum_of_gamma_noise
+from ._exact import MAX_ENUMERATION_N, exact_expectation, exact_gradient
+from ._finite_difference import simple_fd
+from ._gumbel import gumbel_softmax, st_gumbel_softmax
+from ._imle import AIMLEState, aimle, imle
+from ._registry import Estimator, available, get, hyperparameters
+from ._relaxed_topk import relaxed_topk, st_relaxed_topk
+from ._score_function import score_function
+from ._simple import simple
+from ._simple_variants import simple_b, simple_f
+from ._ste import ste
 
 __all__ = [
     "AIMLEState",
@@ -57,6 +65,7 @@ __all__ = [
     "MAX_ENUMERATION_N",
     "aimle",
     "available",
+    "cardinality",
     "exact_expectation",
     "exact_gradient",
     "get",
@@ -77,117 +86,3 @@ __all__ = [
     "straight_through",
     "sum_of_gamma_noise",
 ]
-
-
-@dataclass(frozen=True)
-class _Spec:
-    fn: Callable[..., Any]
-    check: Callable[..., None] | None
-    pathwise: bool = True
-
-
-def _no_hyperparameters(**_: Any) -> None:
-    return None
-
-
-_REGISTRY: dict[str, _Spec] = {
-    "simple": _Spec(simple, _no_hyperparameters),
-    "simple_f": _Spec(simple_f, _check_simple_f),
-    "simple_b": _Spec(simple_b, _check_simple_b),
-    "simple_fd": _Spec(simple_fd, _check_simple_fd),
-    "ste": _Spec(ste, _no_hyperparameters),
-    "gumbel_softmax": _Spec(gumbel_softmax, lambda **hp: _check_gumbel("gumbel_softmax", **hp)),
-    "st_gumbel_softmax": _Spec(st_gumbel_softmax, lambda **hp: _check_gumbel("st_gumbel_softmax", **hp)),
-    "relaxed_topk": _Spec(relaxed_topk, lambda **hp: _check_relaxed("relaxed_topk", **hp)),
-    "st_relaxed_topk": _Spec(st_relaxed_topk, lambda **hp: _check_relaxed("st_relaxed_topk", **hp)),
-    "imle": _Spec(imle, _check_imle),
-    "aimle": _Spec(aimle, _check_aimle),
-    "score_function": _Spec(score_function, _check_score_function, pathwise=False),
-}
-
-# keyword-only parameters that are not hyper-parameters
-_RUNTIME = {"generator", "state"}
-
-
-def available() -> list[str]:
-    """The registered estimator names."""
-    return list(_REGISTRY)
-
-
-def _spec(name: object) -> _Spec:
-    if not isinstance(name, str) or name not in _REGISTRY:
-        raise ValueError(f"unknown estimator {name!r}; available: {available()}")
-    return _REGISTRY[name]
-
-
-def _defaults(name: str) -> dict[str, Any]:
-    sig = inspect.signature(_spec(name).fn)
-    return {
-        p.name: p.default
-        for p in sig.parameters.values()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in _RUNTIME
-    }
-
-
-def hyperparameters(name: str) -> dict[str, Any]:
-    """The hyper-parameters of estimator ``name`` with their defaults."""
-    return _defaults(name)
-
-
-class Estimator:
-    """An estimator with its hyper-parameters bound (made by :func:`get`).
-
-    Pathwise: ``est(logits, k, mask=None, *, generator=None) -> Tensor[..., n]``.
-    ``"score_function"``: ``est(logits, k, f, mask=None, *, generator=None) -> surrogate[...]``.
-    ``"aimle"`` keeps its adaptive state in ``est.state`` (an :class:`AIMLEState`), shared across calls.
-
-    Attributes: ``name``, ``hyperparameters`` (every hyper-parameter, defaults filled in), ``pathwise``.
-    """
-
-    def __init__(self, name: str, **hyperparameters: Any) -> None:
-        spec = _spec(name)
-        defaults = _defaults(name)
-        unknown = sorted(set(hyperparameters) - set(defaults))
-        if unknown:
-            valid = list(defaults) or "none"
-            raise ValueError(
-                f"estimator {name!r} has no hyper-parameter(s) {unknown}; valid hyper-parameters: {valid}"
-            )
-        bound = {**defaults, **hyperparameters}
-        if spec.check is not None:
-            spec.check(**bound)
-        self.name = name
-        self.hyperparameters: dict[str, Any] = bound
-        self.pathwise = spec.pathwise
-        self._fn = spec.fn
-        self.state: AIMLEState | None = AIMLEState(beta=float(bound["lam"])) if name == "aimle" else None
-
-    def __call__(self, *args: Any, generator=None, **kwargs: Any):
-        allowed = {"mask"} if self.pathwise else {"mask", "f"}
-        if set(kwargs) - allowed:
-            raise TypeError(
-                f"estimator {self.name!r} takes (logits, k{'' if self.pathwise else ', f'}, mask=None, *, "
-                f"generator=None); hyper-parameters are bound by get(), got {sorted(kwargs)}"
-            )
-        check_generator(generator)
-        extra = {"state": self.state} if self.state is not None else {}
-        if len(args) > 1 and isinstance(args[1], CountConstraint):  # k is a count constraint (AtMost, ...)
-            if self.name not in _COUNT_ESTIMATORS:
-                raise ValueError(f"estimator {self.name!r} has no count-constraint version; use one of "
-                                 f"{sorted(_COUNT_ESTIMATORS)} with AtMost/Between/CountPotential")
-            return _COUNT_ESTIMATORS[self.name](*args, generator=generator, **kwargs, **self.hyperparameters)
-        return self._fn(*args, generator=generator, **kwargs, **self.hyperparameters, **extra)
-
-    def __repr__(self) -> str:
-        hp = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters.items())
-        return f"Estimator({self.name!r}{', ' if hp else ''}{hp})"
-
-
-def get(name: str, **hyperparameters: Any) -> Estimator:
-    """The estimator ``name`` with ``hyperparameters`` bound (the others take their defaults).
-
-    Raises ``ValueError`` naming the valid estimators for an unknown ``name``, and the valid
-    hyper-parameters of ``name`` for an unknown hyper-parameter; invalid values raise the estimator's
-    own ``ValueError``/``TypeError``.
-    """
-    return Estimator(name, **hyperparameters)

@@ -7,25 +7,25 @@
 * :func:`score_function` — exact samples and exact ``log p(z)`` (gradients also reach ``phi``).
 * :func:`imle` — perturb-and-MAP with MAP = the best count's top set (:func:`ksubset.core.cardinality.mode`):
   forward ``MAP(theta + eps)``, backward ``mean_s[MAP(theta + eps_s) - MAP(theta - lam g + eps_s)]``
-  (``/ lam`` if ``scale``). Noise as in :mod:`.imle` (``kappa=None`` = the constraint's largest count).
+  (``/ lam`` if ``scale``). Noise as in :func:`ksubset.estimators.imle` (``kappa=None`` = the constraint's
+  largest count).
 
-Same calling convention as the exactly-k estimators; :class:`ksubset.estimators.Estimator` dispatches here
-when ``k`` is a count constraint.
+Same calling convention and hyper-parameters as the exactly-k estimators (checked by the same checks);
+each is registered as the count-constraint version of its exactly-k namesake, so
+:class:`ksubset.estimators.Estimator` dispatches here when ``k`` is a count constraint.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..core import cardinality as card
-from ._common import custom_backward
-from .imle import _check_imle
-from .noise import gumbel_noise, sum_of_gamma_noise
-from .score_function import _check_score_function, _evaluate
-from .simple import straight_through
+from ._common import custom_backward, draw_noise, renamed, score_surrogate, straight_through
+from ._registry import register_counts, validate
 
 __all__ = ["simple", "ste", "score_function", "imle", "SUPPORTED"]
 
@@ -57,25 +57,17 @@ def score_function(
 ) -> Tensor:
     """Surrogate ``[...]`` (value ``mean_s f(z_s)``) whose gradient is the score-function estimate; the
     baselines are those of :func:`ksubset.estimators.score_function`."""
-    _check_score_function(num_samples=num_samples, baseline=baseline)
-    if not callable(f):
-        raise TypeError(f"score_function: f must be callable, got {type(f).__name__}")
-    S = num_samples
-    z = card.sample(logits, counts, mask, sample_shape=(S,), generator=generator)
-    fz = _evaluate(f, z, z.shape[:-1])
-    fd = fz.detach()
-    if baseline == "none":
-        adv = fd
-    elif baseline == "leave_one_out":
-        adv = fd - (fd.sum(0, keepdim=True) - fd) / (S - 1)
-    else:
-        z2 = card.sample(logits, counts, mask, sample_shape=(S,), generator=generator)
-        adv = fd - _evaluate(f, z2, z.shape[:-1]).detach().mean(0, keepdim=True)
-    logp = card.log_prob(logits, counts, z, mask)
-    score = logp - logp.detach()
-    return fz.mean(0) + (adv.to(score.dtype) * score).mean(0).to(fz.dtype)
+    validate("score_function", num_samples=num_samples, baseline=baseline)
+    return score_surrogate(
+        f,
+        lambda: card.sample(logits, counts, mask, sample_shape=(num_samples,), generator=generator),
+        lambda z: card.log_prob(logits, counts, z, mask),
+        num_samples,
+        baseline,
+    )
 
 
+@renamed(tau="noise_scale")
 def imle(
     logits: Tensor,
     counts,
@@ -86,22 +78,18 @@ def imle(
     noise: str = "sum_of_gamma",
     kappa: float | None = None,
     s: int = 10,
-    tau: float = 1.0,
+    noise_scale: float = 1.0,
     num_samples: int = 1,
     scale: bool = False,
 ) -> Tensor:
     """I-MLE with the count-constrained MAP (best count, then its top set)."""
-    _check_imle(lam=lam, noise=noise, kappa=kappa, s=s, tau=tau, num_samples=num_samples, scale=scale)
+    validate("imle", lam=lam, noise=noise, kappa=kappa, s=s, noise_scale=noise_scale, num_samples=num_samples,
+             scale=scale)
     P = card.problem.prepare_counts(logits, counts, mask)
     theta = logits.detach()
-    dt = P.theta.dtype
-    shape = (num_samples, *logits.shape)
-    if noise == "gumbel":
-        eps = tau * gumbel_noise(shape, dtype=dt, device=logits.device, generator=generator)
-    else:
-        kap = float(kappa) if kappa is not None else float(max(1, P.K_total))
-        eps = sum_of_gamma_noise(shape, kap, s=s, tau=tau, dtype=dt, device=logits.device, generator=generator)
-    eps = eps.to(theta.dtype)
+    kap = float(kappa) if kappa is not None else float(max(1, P.K_total))
+    eps = draw_noise((num_samples, *logits.shape), noise=noise, kappa=kap, s=s, noise_scale=noise_scale,
+                     dtype=P.theta.dtype, device=logits.device, generator=generator).to(theta.dtype)
     z_all = card.mode(theta + eps, counts, mask)
 
     def backward(g: Tensor) -> Tensor:
@@ -112,5 +100,9 @@ def imle(
     return custom_backward(logits, z_all[0], backward)
 
 
-#: Registry names with a count-constraint version (used by :class:`ksubset.estimators.Estimator`).
-SUPPORTED = {"simple": simple, "ste": ste, "score_function": score_function, "imle": imle}
+#: Registry names with a count-constraint version.
+SUPPORTED: dict[str, Callable[..., Any]] = {
+    "simple": simple, "ste": ste, "score_function": score_function, "imle": imle,
+}
+for _name, _fn in SUPPORTED.items():
+    register_counts(_name, _fn)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -68,6 +69,18 @@ FULL = {"num_estimates": 10_000, "seeds": SEEDS, "sweep_estimates": 2000, "sweep
 # the estimators of E1, each as: (theta [N, n] leaf, k, loss(z [N, n]) -> [N], generator) -> grads [N, n]
 
 
+@dataclass(frozen=True)
+class GradientEstimator:
+    """``grads(theta [N, n], k, loss, generator) -> [N, n]`` with ``config``, everything the estimates depend on
+    (hashed into the cached units' keys, defaults included)."""
+
+    grads: Callable[..., torch.Tensor]
+    config: dict
+
+    def __call__(self, theta: torch.Tensor, k: int, loss, generator) -> torch.Tensor:
+        return self.grads(theta, k, loss, generator)
+
+
 def _pathwise(name: str, *, transform: Callable[[torch.Tensor], torch.Tensor] | None = None, **hp):
     est = estimators.get(name, **hp)
 
@@ -78,10 +91,8 @@ def _pathwise(name: str, *, transform: Callable[[torch.Tensor], torch.Tensor] | 
         (g,) = torch.autograd.grad(loss(z).sum(), t)
         return g
 
-    # everything the estimates depend on, for the cached units' keys (defaults included)
-    grads.config = {"estimator": name, "hyperparameters": dict(est.hyperparameters),
-                    "transform": None if transform is None else transform.__name__}
-    return grads
+    return GradientEstimator(grads, {"estimator": name, "hyperparameters": dict(est.hyperparameters),
+                                     "transform": None if transform is None else transform.__name__})
 
 
 def _score_function(num_samples: int = 1, baseline: str = "none"):
@@ -92,11 +103,10 @@ def _score_function(num_samples: int = 1, baseline: str = "none"):
         (g,) = torch.autograd.grad(est(t, k, loss, generator=generator).sum(), t)
         return g
 
-    grads.config = {"estimator": "score_function", "hyperparameters": dict(est.hyperparameters)}
-    return grads
+    return GradientEstimator(grads, {"estimator": "score_function", "hyperparameters": dict(est.hyperparameters)})
 
 
-def _averaged(inner, m: int):
+def _averaged(inner: GradientEstimator, m: int) -> GradientEstimator:
     """An estimator that averages ``m`` independent draws of ``inner`` (equal sample budget)."""
 
     def grads(theta, k, loss, generator):
@@ -104,18 +114,17 @@ def _averaged(inner, m: int):
         g = inner(theta.repeat(m, 1), k, loss, generator)
         return g.view(m, N, n).mean(0)
 
-    grads.config = {"averaged": m, "inner": inner.config}
-    return grads
+    return GradientEstimator(grads, {"averaged": m, "inner": inner.config})
 
 
 def e1_estimators() -> dict[str, Any]:
     """The paper's E1 estimators with its hyper-parameters."""
     return {
-        "SoftSub": _pathwise("relaxed_topk", transform=F.logsigmoid, t=2.0),
-        "I-MLE": _pathwise("imle", lam=LAM, noise="sum_of_gamma", kappa=5, tau=1.0, s=10),
+        "SoftSub": _pathwise("relaxed_topk", transform=F.logsigmoid, temperature=2.0),
+        "I-MLE": _pathwise("imle", lam=LAM, noise="sum_of_gamma", kappa=5, noise_scale=1.0, s=10),
         "SFE": _score_function(),
         "SIMPLE-F": _pathwise("simple_f", lam=LAM),
-        "SIMPLE-B": _pathwise("simple_b", lam=LAM, kappa=5, tau=1.0, s=10),
+        "SIMPLE-B": _pathwise("simple_b", lam=LAM, kappa=5, noise_scale=1.0, s=10),
         "SIMPLE": _pathwise("simple"),
         "STE": _pathwise("ste"),
     }
@@ -222,7 +231,7 @@ def _paper_study(ctx: RunContext, cfg) -> dict[str, Any]:
 
 
 def _k1_study(ctx: RunContext, cfg) -> dict[str, Any]:
-    ests = {"ST Gumbel-softmax": _pathwise("st_gumbel_softmax", tau=1.0), "SIMPLE": _pathwise("simple")}
+    ests = {"ST Gumbel-softmax": _pathwise("st_gumbel_softmax", temperature=1.0), "SIMPLE": _pathwise("simple")}
     out = {}
     for name, r in _seeded_study(ctx, cfg, "k1", ests, 1).items():
         out[name] = _summarise(r)

@@ -169,7 +169,7 @@ def as_constraint(counts: object) -> CountConstraint:
             "CountPotential); a float tensor of log-potentials goes in CountPotential(phi)"
         )
     if isinstance(counts, (numbers.Integral, Tensor)) and not isinstance(counts, bool):
-        return Exactly(counts)
+        return Exactly(counts if isinstance(counts, Tensor) else int(counts))
     raise TypeError(
         "counts must be an int, an integer tensor or a count constraint (Exactly, AtMost, Between, "
         f"CountPotential), got {type(counts).__name__}"

@@ -34,11 +34,16 @@ class DataSource:
     def substitute(self) -> bool:
         return self.data_dir is None
 
+    def _real_dir(self) -> Path:
+        """The folder of the original files (only called when ``data_dir`` was given)."""
+        assert self.data_dir is not None, "the substitute data have no data folder"
+        return Path(self.data_dir)
+
     def describe(self) -> dict:
         """What the unit results depend on (hashed into every unit's configuration)."""
         if self.substitute:
             return {"source": "substitute", "max_len": self.max_len, **asdict(self.review_config)}
-        return {"source": "beeradvocate", "data_dir": str(Path(self.data_dir).resolve()), "max_len": self.max_len,
+        return {"source": "beeradvocate", "data_dir": str(Path(self._real_dir()).resolve()), "max_len": self.max_len,
                 "vectors": None if self.vectors is None else str(self.vectors)}
 
     def splits(self, aspect: int) -> tuple[dict[str, list[Review]], Vocabulary]:
@@ -54,7 +59,7 @@ class DataSource:
                 tokens = {t for reviews in splits.values() for r in reviews for t in r.tokens}
                 self._splits[key] = (splits, Vocabulary.build(tokens, words, vectors))
             else:
-                self._splits[key] = load_beer(Path(self.data_dir), aspect, self.vectors)
+                self._splits[key] = load_beer(self._real_dir(), aspect, self.vectors)
         return self._splits[key]
 
     def encoded(self, aspect: int) -> tuple[Encoded, Encoded, torch.Tensor]:

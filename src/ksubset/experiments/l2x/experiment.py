@@ -53,7 +53,7 @@ def _settings(base: list, aspect: int | None, k: int | None, lr: float | None) -
 
 def _config(ctx: RunContext) -> dict[str, Any]:
     o = ctx.options
-    cfg = {**(QUICK if ctx.quick else FULL)}
+    cfg: dict[str, Any] = {**(QUICK if ctx.quick else FULL)}
     cfg["settings"] = _settings(cfg["settings"], o.get("aspect"), o.get("k"), o.get("lr"))
     for key in ("n_train", "epochs", "seeds"):
         if o.get(key) is not None:

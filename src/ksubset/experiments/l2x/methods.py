@@ -43,9 +43,9 @@ class Method:
 METHODS: dict[str, Method] = {
     "simple": Method("SIMPLE", "layer", "simple"),
     "l2x": Method("L2X (t = 0.1)", "l2x", "l2x", {"tau": 0.1}),
-    "softsub": Method("SoftSub (t = 0.5)", "layer", "relaxed_topk", {"t": 0.5}),
-    "imle": Method("I-MLE (τ = 30)", "layer", "imle", {"noise": "sum_of_gamma", "tau": 30.0, "lam": 1000.0}),
-    "st_topk": Method("ST relaxed top-k (t = 0.5)", "layer", "st_relaxed_topk", {"t": 0.5}),
+    "softsub": Method("SoftSub (t = 0.5)", "layer", "relaxed_topk", {"temperature": 0.5}),
+    "imle": Method("I-MLE (τ = 30)", "layer", "imle", {"noise": "sum_of_gamma", "noise_scale": 30.0, "lam": 1000.0}),
+    "st_topk": Method("ST relaxed top-k (t = 0.5)", "layer", "st_relaxed_topk", {"temperature": 0.5}),
     "sfe": Method("score function (LOO, S = 4)", "score_function", "score_function",
                   {"num_samples": 4, "baseline": "leave_one_out"}),
 }

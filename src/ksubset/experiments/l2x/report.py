@@ -150,7 +150,7 @@ def _figure(ctx: RunContext, cfg, data, results, rows) -> str | None:
     gold = {i for s, e in review.spans.get(a, []) for i in range(s, e)}
     # lay the words out with their measured widths (fraction of the axes width), wrapping at the right edge
     fig, ax = plt.subplots(figsize=(12, 4))
-    renderer = fig.canvas.get_renderer()
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]  # the Agg canvas has it
     inv = ax.transAxes.inverted()
     probe = ax.text(0, 0, "x", fontsize=7, family="monospace", transform=ax.transAxes)
 

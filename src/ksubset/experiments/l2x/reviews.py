@@ -185,7 +185,7 @@ class _Writer:
         if rng.random() < cfg.p_overall:
             sentences.append((None, self.fill(OVERALL_TEMPLATES[rng.integers(2)], overall)))
         if rng.random() < cfg.p_distractor:
-            noise_score = float(_round10(rng.random()))
+            noise_score = float(_round10(np.asarray(rng.random())))
             sentences.append((None, self.fill(DISTRACTOR_TEMPLATE, noise_score, slots={"P": DISTRACTOR_NOUNS})))
         order = rng.permutation(len(sentences))
         tokens: list[str] = []

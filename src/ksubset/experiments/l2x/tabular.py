@@ -97,8 +97,11 @@ def train_tabular(name: str, method: str, seed: int, *, n_train: int = 10000, n_
 
                 loss = score_function(logits, k, f, generator=gen, **spec.hyperparameters).mean()
             else:
-                z = l2x_relaxation(logits, k, generator=gen, **spec.hyperparameters) if spec.kind == "l2x" \
-                    else layer(logits, None, k, generator=gen)
+                if spec.kind == "l2x":
+                    z = l2x_relaxation(logits, k, generator=gen, **spec.hyperparameters)
+                else:
+                    assert layer is not None, "every method but the score function and L2X has a layer"
+                    z = layer(logits, None, k, generator=gen)
                 loss = ce(pred(xb, z), yb)
             opt.zero_grad()
             loss.backward()

@@ -41,6 +41,13 @@ class _Model(nn.Module):
         self.predictor = Predictor(vectors.shape[1])
 
 
+def _rationale(b: Encoded) -> Tensor:
+    """The batch's annotated words (the oracle row only runs on annotated reviews)."""
+    if b.rationale is None:
+        raise ValueError("the oracle selection needs annotated rationales, and this batch has none")
+    return b.rationale
+
+
 def _loss(method: str, model: _Model, b: Encoded, k: Tensor, layer, generator) -> Tensor:
     """The training loss of one batch (mean squared error on the aspect's score)."""
     emb, mask = model.embedding(b.ids), b.ids != 0
@@ -49,7 +56,7 @@ def _loss(method: str, model: _Model, b: Encoded, k: Tensor, layer, generator) -
         if method == "random":
             z = random_selection(mask, kmax, generator)
         else:
-            z = oracle_selection(b.rationale, mask, kmax, generator)
+            z = oracle_selection(_rationale(b), mask, kmax, generator)
         return ((model.predictor(emb, z, k) - b.y) ** 2).mean()
     logits = model.selector(emb, mask)
     spec = METHODS[method]
@@ -78,7 +85,7 @@ def _evaluate(method: str, model: _Model, data: Encoded, k: int, generator, batc
         if method == "random":
             z = random_selection(mask, k, generator)
         elif method == "oracle":
-            z = oracle_selection(b.rationale, mask, k, generator)
+            z = oracle_selection(_rationale(b), mask, k, generator)
         else:
             z = top_k(model.selector(emb, mask), kk, mask)
         sq.append((model.predictor(emb, z, kk) - b.y) ** 2)

@@ -67,7 +67,7 @@ def format_equation(support: np.ndarray, coefficients: np.ndarray, names: list[s
     coefficients (shape ``(k,)``); ``names`` (length ``n_terms``) defaults to ``c0, c1, …``."""
     support = np.asarray(support, dtype=np.int64).reshape(-1)
     coefficients = np.asarray(coefficients, dtype=np.float64).reshape(-1)
-    terms = []
+    terms: list[str] = []
     for j, c in sorted(zip(support.tolist(), coefficients.tolist(), strict=True)):
         if c == 0:
             continue

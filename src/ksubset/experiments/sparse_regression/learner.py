@@ -40,8 +40,8 @@ METHODS: dict[str, Method] = {
     "ste": Method("STE", "ste"),
     "imle": Method("I-MLE", "imle", {"lam": 10.0}),
     "aimle": Method("AIMLE", "aimle"),
-    "relaxed_topk": Method("SoftSub", "relaxed_topk", {"t": 1.0}),
-    "st_relaxed_topk": Method("ST-SoftSub", "st_relaxed_topk", {"t": 1.0}),
+    "relaxed_topk": Method("SoftSub", "relaxed_topk", {"temperature": 1.0}),
+    "st_relaxed_topk": Method("ST-SoftSub", "st_relaxed_topk", {"temperature": 1.0}),
     "score_function": Method("SFE (leave-one-out)", "score_function", {"baseline": "leave_one_out"}),
 }
 

@@ -56,10 +56,10 @@ def _numpy_class(module: str, name: str):
         return np.dtype
     if (module, name) == ("numpy.core.multiarray", "_reconstruct"):
         try:
-            from numpy._core.multiarray import _reconstruct
+            from numpy._core import multiarray
         except ImportError:  # numpy < 2
-            from numpy.core.multiarray import _reconstruct
-        return _reconstruct
+            from numpy.core import multiarray  # type: ignore[no-redef]
+        return multiarray._reconstruct
     raise pickle.UnpicklingError(f"refusing to load {module}.{name} from the MNIST pickle (only numpy arrays)")
 
 

@@ -99,7 +99,7 @@ class Trainer:
         torch.manual_seed(derived_seed(cfg["seed"], method.name, "init"))  # same initial model on every rank
         self.vae = DiscreteVAE().to(env.device)
         self.loss = VAELoss(self.vae, method)
-        self.step_module = self.loss
+        self.step_module: torch.nn.Module = self.loss
         if env.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -109,8 +109,11 @@ class Trainer:
         # the fused kernel: 3 ms instead of 9-20 ms per step for these 1.3M parameters on one CPU thread
         self.opt = torch.optim.Adam(self.vae.parameters(), lr=method.lr, fused=True)
         self.gen = torch.Generator(device=env.device).manual_seed(derived_seed(cfg["seed"], method.name, env.rank))
-        self.sampler = DistributedSampler(range(data.train_x.shape[0]), num_replicas=env.world, rank=env.rank,
-                                          shuffle=True, seed=derived_seed(cfg["seed"], method.name, "shuffle") % 2**31)
+        # the sampler only needs len() of its data set: a range of the row indices serves
+        rows: Any = range(data.train_x.shape[0])
+        self.sampler: DistributedSampler = DistributedSampler(
+            rows, num_replicas=env.world, rank=env.rank, shuffle=True,
+            seed=derived_seed(cfg["seed"], method.name, "shuffle") % 2**31)
         self.x_test = test_inputs(data.test_x, cfg["binarize"], derived_seed(cfg["seed"], "binarize"))
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
@@ -138,14 +141,14 @@ class Trainer:
 
     def save(self) -> None:
         """Write the checkpoint and ``metrics.json`` atomically (rank 0; every rank must call it)."""
-        gens = [self.gen.get_state()]
+        gens: list[torch.Tensor | None] = [self.gen.get_state()]
         if self.env.world > 1:
             gens = [None] * self.env.world
             dist.all_gather_object(gens, self.gen.get_state().cpu())
         if self.env.main:
             payload = {"model": self.vae.state_dict(), "optimizer": self.opt.state_dict(), "epoch": self.epoch,
                        "history": self.history,
-                       "generators": [g.cpu() for g in gens], "world_size": self.env.world,
+                       "generators": [g.cpu() for g in gens if g is not None], "world_size": self.env.world,
                        "method": asdict(self.method), "config": self.cfg}
             buf = io.BytesIO()
             torch.save(payload, buf)

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from .. import core
 from ._common import check, custom_backward, perturb, poison_rows
+from ._registry import register
 
 __all__ = ["simple_fd"]
 
@@ -50,3 +51,6 @@ def simple_fd(
         return poison_rows(grad / lam if scale else grad, overflowed)
 
     return custom_backward(logits, z, backward)
+
+
+register("simple_fd", simple_fd, _check_simple_fd)

@@ -26,8 +26,8 @@ def _subsets(n: int, k: int, device: torch.device) -> Tensor:
     """All k-subsets of n items as 0/1 rows ``[C(n, k), n]`` (float64), in lexicographic order."""
     if k == 0:
         return torch.zeros(1, n, dtype=torch.float64, device=device)
-    idx = np.fromiter(itertools.chain.from_iterable(itertools.combinations(range(n), k)), dtype=np.int64)
-    idx = torch.from_numpy(idx.reshape(-1, k)).to(device)
+    flat = np.fromiter(itertools.chain.from_iterable(itertools.combinations(range(n), k)), dtype=np.int64)
+    idx = torch.from_numpy(flat.reshape(-1, k)).to(device)
     z = torch.zeros(idx.shape[0], n, dtype=torch.float64, device=device)
     return z.scatter_(1, idx, 1.0)
 

@@ -1,9 +1,9 @@
 """I-MLE (Niepert, Minervini & Franceschi, NeurIPS 2021) and AIMLE (Minervini, Franceschi & Niepert, AAAI
 2023) for k-subsets, with top-k as the MAP solver.
 
-**I-MLE.** Draw ``num_samples`` noise tensors ``eps_s`` (sum-of-gamma with ``kappa``, ``s``, ``tau``, or
-``tau``-scaled Gumbel). Forward: ``z = topk(theta + eps_1)`` (hard, exactly k ones). Backward, given
-``g = dL/dz``, with the *same* noise::
+**I-MLE.** Draw ``num_samples`` noise tensors ``eps_s`` (sum-of-gamma with ``kappa``, ``s``, ``noise_scale``
+(Niepert et al.'s temperature tau), or ``noise_scale`` times Gumbel). Forward: ``z = topk(theta + eps_1)``
+(hard, exactly k ones). Backward, given ``g = dL/dz``, with the *same* noise::
 
     grad = mean_s [ topk(theta + eps_s) - topk(theta - lam g + eps_s) ]      (/ lam if scale=True)
 
@@ -29,11 +29,14 @@ batch instead (``est(logits.expand(S, *logits.shape), k)``).
   overflow, whose step is skipped) does not adapt it either.
   The adaptive state lives in an :class:`AIMLEState`; pass one (or use ``estimators.get("aimle")`` /
   ``KSubsetLayer``, which keep one) for beta to adapt across calls — without it every call starts afresh
-  from ``beta = lam``.
+  from ``beta = initial_beta``.
 
 Randomness: the noise ``[num_samples, *logits.shape]`` is drawn in the forward pass from ``generator``
-(:func:`.noise.sum_of_gamma_noise` or :func:`.noise.gumbel_noise`, called once with that shape, with
-``kappa`` of shape ``[*batch, 1]`` when it defaults to k); the backward pass draws nothing.
+(:func:`ksubset.estimators.sum_of_gamma_noise` or :func:`ksubset.estimators.gumbel_noise`, called once with that
+shape, with ``kappa`` of shape ``[*batch, 1]`` when it defaults to k); the backward pass draws nothing.
+
+Renamed hyper-parameters (the old names still work for one release, with a ``DeprecationWarning``):
+``tau`` → ``noise_scale`` (both estimators), AIMLE's ``lam`` → ``initial_beta``.
 """
 
 from __future__ import annotations
@@ -44,33 +47,10 @@ import torch
 from torch import Tensor
 
 from .. import core
-from ._common import Canonical, canonical, check, custom_backward, perturb, poison_rows
-from .noise import gumbel_noise, sum_of_gamma_noise
+from ._common import check, check_noise, custom_backward, draw_topk_noise, perturb, poison_rows, renamed
+from ._registry import register
 
 __all__ = ["imle", "aimle", "AIMLEState"]
-
-_NOISES = ("sum_of_gamma", "gumbel")
-
-
-def _check_noise(est: str, *, noise, kappa, s, tau) -> None:
-    check.choice(est, "noise", noise, _NOISES)
-    if kappa is not None:
-        check.positive(est, "kappa", kappa)
-    check.integer(est, "s", s, 1)
-    check.positive(est, "tau", tau)
-
-
-def _draw_noise(
-    C: Canonical, num_samples: int, *, noise: str, kappa, s: int, tau: float, generator
-) -> Tensor:
-    """Noise ``[num_samples, *batch, n]`` in the compute dtype on the logits' device."""
-    dt, dev = C.theta.dtype, C.theta.device
-    shape = (num_samples, *C.batch_shape, C.n)
-    if noise == "gumbel":
-        return tau * gumbel_noise(shape, dtype=dt, device=dev, generator=generator)
-    if kappa is None:  # kappa = k per row (Niepert et al.'s choice for k-subsets), at least 1
-        kappa = C.k_full.clamp_min(1).to(dt).reshape(*C.batch_shape, 1)
-    return sum_of_gamma_noise(shape, kappa, s=s, tau=tau, dtype=dt, device=dev, generator=generator)
 
 
 def _map(keys: Tensor, k: int | Tensor, mask: Tensor | None) -> Tensor:
@@ -78,13 +58,14 @@ def _map(keys: Tensor, k: int | Tensor, mask: Tensor | None) -> Tensor:
     return core.mode(keys, k, mask)
 
 
-def _check_imle(*, lam, noise, kappa, s, tau, num_samples, scale) -> None:
+def _check_imle(*, lam, noise, kappa, s, noise_scale, num_samples, scale) -> None:
     check.positive("imle", "lam", lam)
-    _check_noise("imle", noise=noise, kappa=kappa, s=s, tau=tau)
+    check_noise("imle", noise=noise, kappa=kappa, s=s, noise_scale=noise_scale)
     check.integer("imle", "num_samples", num_samples, 1)
     check.boolean("imle", "scale", scale)
 
 
+@renamed(tau="noise_scale")
 def imle(
     logits: Tensor,
     k: int | Tensor,
@@ -95,7 +76,7 @@ def imle(
     noise: str = "sum_of_gamma",
     kappa: float | None = None,
     s: int = 10,
-    tau: float = 1.0,
+    noise_scale: float = 1.0,
     num_samples: int = 1,
     scale: bool = False,
 ) -> Tensor:
@@ -103,10 +84,12 @@ def imle(
 
     ``kappa=None`` uses each row's k. See the module docstring for the exact contract.
     """
-    _check_imle(lam=lam, noise=noise, kappa=kappa, s=s, tau=tau, num_samples=num_samples, scale=scale)
-    C = canonical(logits, k, mask)
-    theta = logits.detach().to(C.theta.dtype)  # compute dtype: float32 for half logits
-    eps = _draw_noise(C, num_samples, noise=noise, kappa=kappa, s=s, tau=tau, generator=generator)
+    _check_imle(lam=lam, noise=noise, kappa=kappa, s=s, noise_scale=noise_scale, num_samples=num_samples,
+                scale=scale)
+    P = core.prepare(logits, k, mask)
+    theta = logits.detach().to(P.theta.dtype)  # compute dtype: float32 for half logits
+    eps = draw_topk_noise(P, num_samples, noise=noise, kappa=kappa, s=s, noise_scale=noise_scale,
+                          generator=generator)
     z_all = _map(theta + eps, k, mask)
 
     def backward(g: Tensor) -> Tensor:
@@ -136,26 +119,27 @@ class AIMLEState:
         self.last_update = float(state["last_update"])
 
 
-def _check_aimle(*, lam, target, step, momentum, decay, symmetric, noise, kappa, s, tau, num_samples,
-                 scale) -> None:
-    check.nonnegative("aimle", "lam", lam)
+def _check_aimle(*, initial_beta, target, step, momentum, decay, symmetric, noise, kappa, s, noise_scale,
+                 num_samples, scale) -> None:
+    check.nonnegative("aimle", "initial_beta", initial_beta)
     check.nonnegative("aimle", "target", target)
     check.nonnegative("aimle", "step", step)
     check.unit_interval("aimle", "momentum", momentum)
     check.unit_interval("aimle", "decay", decay)
     check.boolean("aimle", "symmetric", symmetric)
-    _check_noise("aimle", noise=noise, kappa=kappa, s=s, tau=tau)
+    check_noise("aimle", noise=noise, kappa=kappa, s=s, noise_scale=noise_scale)
     check.integer("aimle", "num_samples", num_samples, 1)
     check.boolean("aimle", "scale", scale)
 
 
+@renamed(lam="initial_beta", tau="noise_scale")
 def aimle(
     logits: Tensor,
     k: int | Tensor,
     mask: Tensor | None = None,
     *,
     generator: torch.Generator | None = None,
-    lam: float = 1.0,
+    initial_beta: float = 1.0,
     target: float = 1.0,
     step: float = 1e-4,
     momentum: float = 0.0,
@@ -164,42 +148,44 @@ def aimle(
     noise: str = "sum_of_gamma",
     kappa: float | None = None,
     s: int = 10,
-    tau: float = 1.0,
+    noise_scale: float = 1.0,
     num_samples: int = 1,
     scale: bool = True,
     state: AIMLEState | None = None,
 ) -> Tensor:
     """AIMLE: ``topk(theta + eps)`` forward; adaptive, relative, central-difference I-MLE backward.
 
-    ``lam`` is the initial ``beta`` (used only when ``state`` is None). ``target``, ``step``, ``momentum``,
+    ``initial_beta`` is the starting ``beta`` (used only when ``state`` is None). ``target``, ``step``, ``momentum``,
     ``decay`` drive the adaptation of ``beta`` (defaults of the reference code). See the module docstring.
     """
-    _check_aimle(lam=lam, target=target, step=step, momentum=momentum, decay=decay, symmetric=symmetric,
-                 noise=noise, kappa=kappa, s=s, tau=tau, num_samples=num_samples, scale=scale)
+    _check_aimle(initial_beta=initial_beta, target=target, step=step, momentum=momentum, decay=decay,
+                 symmetric=symmetric, noise=noise, kappa=kappa, s=s, noise_scale=noise_scale,
+                 num_samples=num_samples, scale=scale)
     if state is None:
-        state = AIMLEState(beta=float(lam))
-    C = canonical(logits, k, mask)
-    theta = logits.detach().to(C.theta.dtype)  # compute dtype: float32 for half logits
-    eps = _draw_noise(C, num_samples, noise=noise, kappa=kappa, s=s, tau=tau, generator=generator)
+        state = AIMLEState(beta=float(initial_beta))
+    P = core.prepare(logits, k, mask)
+    theta = logits.detach().to(P.theta.dtype)  # compute dtype: float32 for half logits
+    eps = draw_topk_noise(P, num_samples, noise=noise, kappa=kappa, s=s, noise_scale=noise_scale,
+                          generator=generator)
     z_all = _map(theta + eps, k, mask)
     beta = state.beta  # this forward's beta: every backward pass through it uses the same one
     adapted = False  # beta adapts once per forward, at its first (finite) backward pass
 
     def backward(g: Tensor) -> Tensor:
         nonlocal adapted
-        dt = C.theta.dtype
-        gf = g.reshape(-1, C.n).to(dt)
+        dt = P.theta.dtype
+        gf = g.reshape(-1, P.n).to(dt)
         zero = torch.zeros((), dtype=dt, device=gf.device)
         scaler_overflow = ~torch.isfinite(gf).all(-1)  # e.g. a GradScaler's inf: skip the row, poison it
         gf = torch.where(scaler_overflow.unsqueeze(-1), zero, gf)
-        th_norm = torch.linalg.vector_norm(torch.where(C.free, C.theta.detach(), zero), dim=-1)
-        g_norm = torch.linalg.vector_norm(torch.where(C.free, gf, zero), dim=-1)
+        th_norm = torch.linalg.vector_norm(torch.where(P.free, P.theta.detach(), zero), dim=-1)
+        g_norm = torch.linalg.vector_norm(torch.where(P.free, gf, zero), dim=-1)
         th_norm = torch.where(th_norm > 0, th_norm, torch.ones_like(th_norm))
         lam_r = torch.where(g_norm > 0, beta * th_norm / g_norm.clamp_min(torch.finfo(dt).tiny), zero)
         step_r = (lam_r.unsqueeze(-1) * gf).reshape(g.shape)
         lo, bad_lo = perturb(theta, -step_r)
         lo = _map(lo + eps, k, mask)
-        overflowed = scaler_overflow.reshape(C.batch_shape) | bad_lo
+        overflowed = scaler_overflow.reshape(P.batch_shape) | bad_lo
         if symmetric:
             hi, bad_hi = perturb(theta, step_r)
             hi = _map(hi + eps, k, mask)
@@ -208,14 +194,14 @@ def aimle(
         else:
             per_sample = z_all - lo
         if scale:
-            denom = torch.where(lam_r > 0, lam_r, torch.ones_like(lam_r)).reshape(*C.batch_shape, 1)
+            denom = torch.where(lam_r > 0, lam_r, torch.ones_like(lam_r)).reshape(*P.batch_shape, 1)
             per_sample = per_sample / denom.to(per_sample.dtype)
         # adapt beta from the density of this batch's gradients: once per forward, and not from a step that
         # a loss scaler will skip
         if not adapted and not bool(overflowed.any()):
             adapted = True
             with torch.no_grad():
-                rows = per_sample.reshape(num_samples, -1, C.n)
+                rows = per_sample.reshape(num_samples, -1, P.n)
                 nnz = float((rows != 0).sum(-1).to(torch.float64).mean()) if rows.shape[1] else 0.0
             state.nonzero_ema = decay * state.nonzero_ema + (1 - decay) * nnz
             update = momentum * state.last_update + (step if state.nonzero_ema < target else -step)
@@ -224,3 +210,7 @@ def aimle(
         return poison_rows(per_sample.mean(0), overflowed)
 
     return custom_backward(logits, z_all[0].to(logits.dtype), backward)
+
+
+register("imle", imle, _check_imle)
+register("aimle", aimle, _check_aimle, state=lambda hp: AIMLEState(beta=float(hp["initial_beta"])))

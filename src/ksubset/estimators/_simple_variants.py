@@ -15,8 +15,8 @@ import torch
 from torch import Tensor
 
 from .. import core
-from ._common import canonical, check, custom_backward, perturb, poison_rows
-from .imle import _check_noise, _draw_noise
+from ._common import check, check_noise, custom_backward, draw_topk_noise, perturb, poison_rows, renamed
+from ._registry import register
 
 __all__ = ["simple_f", "simple_b"]
 
@@ -52,12 +52,13 @@ def simple_f(
     return custom_backward(logits, z, backward)
 
 
-def _check_simple_b(*, lam, scale, noise, kappa, s, tau) -> None:
+def _check_simple_b(*, lam, scale, noise, kappa, s, noise_scale) -> None:
     check.positive("simple_b", "lam", lam)
     check.boolean("simple_b", "scale", scale)
-    _check_noise("simple_b", noise=noise, kappa=kappa, s=s, tau=tau)
+    check_noise("simple_b", noise=noise, kappa=kappa, s=s, noise_scale=noise_scale)
 
 
+@renamed(tau="noise_scale")
 def simple_b(
     logits: Tensor,
     k: int | Tensor,
@@ -69,17 +70,18 @@ def simple_b(
     noise: str = "sum_of_gamma",
     kappa: float | None = None,
     s: int = 10,
-    tau: float = 1.0,
+    noise_scale: float = 1.0,
 ) -> Tensor:
     """SIMPLE-B: ``topk(theta + eps)`` forward; backward ``(mu(theta) - mu(theta - lam g)) [/ lam]``.
 
     ``eps`` as in :func:`ksubset.estimators.imle` (``noise="sum_of_gamma"`` with ``kappa`` (default: each
-    row's k), ``s``, ``tau``; or ``noise="gumbel"``, ``tau`` times standard Gumbel).
+    row's k), ``s``, ``noise_scale``; or ``noise="gumbel"``, ``noise_scale`` times standard Gumbel).
+    ``tau=`` is a deprecated alias of ``noise_scale``.
     """
-    _check_simple_b(lam=lam, scale=scale, noise=noise, kappa=kappa, s=s, tau=tau)
-    C = canonical(logits, k, mask)
-    theta = logits.detach().to(C.theta.dtype)  # compute dtype: float32 for half logits
-    eps = _draw_noise(C, 1, noise=noise, kappa=kappa, s=s, tau=tau, generator=generator)[0]
+    _check_simple_b(lam=lam, scale=scale, noise=noise, kappa=kappa, s=s, noise_scale=noise_scale)
+    P = core.prepare(logits, k, mask)
+    theta = logits.detach().to(P.theta.dtype)  # compute dtype: float32 for half logits
+    eps = draw_topk_noise(P, 1, noise=noise, kappa=kappa, s=s, noise_scale=noise_scale, generator=generator)[0]
     z = core.mode(theta + eps, k, mask)
 
     def backward(g: Tensor) -> Tensor:
@@ -90,3 +92,7 @@ def simple_b(
         return poison_rows(grad / lam if scale else grad, overflowed)
 
     return custom_backward(logits, z.to(logits.dtype), backward)
+
+
+register("simple_f", simple_f, _check_simple_f)
+register("simple_b", simple_b, _check_simple_b)

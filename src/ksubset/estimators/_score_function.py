@@ -28,30 +28,17 @@ import torch
 from torch import Tensor
 
 from .. import core
-from ._common import check
+from ._common import BASELINES, check, score_surrogate
+from ._registry import register
 
 __all__ = ["score_function"]
-
-_BASELINES = ("none", "mean", "leave_one_out")
 
 
 def _check_score_function(*, num_samples, baseline) -> None:
     check.integer("score_function", "num_samples", num_samples, 1)
-    check.choice("score_function", "baseline", baseline, _BASELINES)
+    check.choice("score_function", "baseline", baseline, BASELINES)
     if baseline == "leave_one_out" and num_samples < 2:
         raise ValueError("score_function: baseline='leave_one_out' needs num_samples >= 2")
-
-
-def _evaluate(f: Callable[[Tensor], Tensor], z: Tensor, expected: torch.Size) -> Tensor:
-    out = f(z)
-    if not isinstance(out, Tensor):
-        raise TypeError(f"score_function: f must return a torch.Tensor, got {type(out).__name__}")
-    if out.shape != expected:
-        raise ValueError(
-            f"score_function: f must map z of shape {tuple(z.shape)} to shape {tuple(expected)} "
-            f"(one value per sample and row), got {tuple(out.shape)}"
-        )
-    return out
 
 
 def score_function(
@@ -69,20 +56,13 @@ def score_function(
     Call ``.sum().backward()`` (or ``.mean()``) on it. See the module docstring for the baselines.
     """
     _check_score_function(num_samples=num_samples, baseline=baseline)
-    if not callable(f):
-        raise TypeError(f"score_function: f must be callable, got {type(f).__name__}")
-    S = num_samples
-    z = core.sample(logits, k, mask, sample_shape=(S,), generator=generator)
-    expected = z.shape[:-1]
-    fz = _evaluate(f, z, expected)
-    fd = fz.detach()
-    if baseline == "none":
-        adv = fd
-    elif baseline == "leave_one_out":
-        adv = fd - (fd.sum(0, keepdim=True) - fd) / (S - 1)
-    else:
-        z2 = core.sample(logits, k, mask, sample_shape=(S,), generator=generator)
-        adv = fd - _evaluate(f, z2, expected).detach().mean(0, keepdim=True)
-    logp = core.log_prob(logits, k, z, mask)
-    score = logp - logp.detach()  # value 0, gradient d log p
-    return fz.mean(0) + (adv.to(score.dtype) * score).mean(0).to(fz.dtype)
+    return score_surrogate(
+        f,
+        lambda: core.sample(logits, k, mask, sample_shape=(num_samples,), generator=generator),
+        lambda z: core.log_prob(logits, k, z, mask),
+        num_samples,
+        baseline,
+    )
+
+
+register("score_function", score_function, _check_score_function, pathwise=False)

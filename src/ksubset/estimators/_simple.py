@@ -6,29 +6,10 @@ import torch
 from torch import Tensor
 
 from ..core import sample_and_marginals
-from ..core._problem import check_generator
+from ._common import check_generator, straight_through
+from ._registry import register
 
-__all__ = ["simple", "straight_through"]
-
-
-class _StraightThrough(torch.autograd.Function):
-    """Returns ``value`` exactly; sends the incoming gradient to ``surrogate`` unchanged.
-
-    Unlike ``value + surrogate - surrogate.detach()``, the forward value is bit-exact (no rounding).
-    """
-
-    @staticmethod
-    def forward(ctx, value: Tensor, surrogate: Tensor) -> Tensor:
-        return value.clone()
-
-    @staticmethod
-    def backward(ctx, g: Tensor):
-        return None, g
-
-
-def straight_through(value: Tensor, surrogate: Tensor) -> Tensor:
-    """``value`` in the forward pass, ``d surrogate`` in the backward pass (same shapes)."""
-    return _StraightThrough.apply(value.detach(), surrogate)
+__all__ = ["simple"]
 
 
 def simple(
@@ -47,3 +28,6 @@ def simple(
     check_generator(generator)
     z, mu = sample_and_marginals(logits, k, mask, generator=generator)
     return straight_through(z, mu)
+
+
+register("simple", simple)

@@ -6,8 +6,8 @@ import torch
 from torch import Tensor
 
 from .. import core
-from ._common import canonical
-from .simple import straight_through
+from ._common import straight_through, to_caller
+from ._registry import register
 
 __all__ = ["ste"]
 
@@ -23,7 +23,10 @@ def ste(
 
     Masked-out and forced (``±inf``) items receive zero gradient.
     """
-    C = canonical(logits, k, mask)
+    P = core.prepare(logits, k, mask)
     z = core.sample(logits, k, mask, generator=generator)
-    surrogate = torch.where(C.free, C.theta, torch.zeros((), dtype=C.theta.dtype, device=C.theta.device))
-    return straight_through(z, C.unflatten(surrogate))
+    surrogate = torch.where(P.free, P.theta, torch.zeros((), dtype=P.theta.dtype, device=P.theta.device))
+    return straight_through(z, to_caller(P, surrogate))
+
+
+register("ste", ste)
