@@ -68,7 +68,7 @@ def _simple(app, device, counts, budget, quick) -> list[dict]:
         med = {m: statistics.median(ts) for m, ts in times.items()}
         row = {"threads": t or "-", "simple_s": med["simple"], "baseline_s": med["lean"],
                "ratio": med["simple"] / med["lean"], "max_err": err, "err_of": "marginals vs reference (float64)",
-               "engine": cases.engine_name(app.B, app.n, device), "times_s": times}
+               "engine": cases.engine_name(app.n, app.k, device), "times_s": times}
         if "reference" in med:
             row["reference_s"] = med["reference"]
             row["reference_over_simple"] = med["reference"] / med["simple"]
@@ -86,7 +86,7 @@ def _kl_uniform(app, device, counts, budget, quick) -> list[dict]:
         with runner.threads(t):
             med, times = runner.time_runs(fn, device, warmup=2, **budget)
         out.append({"threads": t or "-", "simple_s": med, "max_err": err, "err_of": "KL vs reference (float64)",
-                    "engine": cases.engine_name(app.B, app.n, device), "times_s": times})
+                    "engine": cases.engine_name(app.n, app.k, device), "times_s": times})
     return out
 
 
@@ -103,7 +103,7 @@ def _scale(app, device, counts, budget, quick) -> list[dict]:
             spec = {"method": "auto", "B": app.B, "n": app.n, "k": app.k, "runs": 3, "threads": t,
                     "check_engine": check}
             res = runner.in_child(spec, timeout_s=1800)
-        row = {"threads": t or "-", "engine": cases.engine_name(app.B, app.n, device), **res}
+        row = {"threads": t or "-", "engine": cases.engine_name(app.n, app.k, device), **res}
         if "median_s" in res:
             row["simple_s"] = res["median_s"]
         if "max_dmu" in res:
@@ -134,7 +134,7 @@ def _compiled(app, device, counts, budget, quick) -> list[dict]:
                     "baseline_eager_s": med["relaxed_topk_lean/eager"],
                     "ratio": med["simple/compiled"] / med["relaxed_topk_lean/compiled"],
                     "compiled_over_eager": med["simple/compiled"] / med["simple/eager"],
-                    "compile_and_warmup_s": compile_s, "engine": cases.engine_name(app.B, app.n, device),
+                    "compile_and_warmup_s": compile_s, "engine": cases.engine_name(app.n, app.k, device),
                     "times_s": times})
     return out
 

@@ -19,7 +19,7 @@ import torch
 
 import ksubset
 from ksubset import core
-from ksubset.core import functions
+from ksubset.core.engine import engine_for_call
 from ksubset.estimators import imle, relaxed_topk, st_relaxed_topk
 
 __all__ = [
@@ -165,9 +165,9 @@ def model_step(method: str, B: int, n: int, k: int, device: str, compiled: bool)
     return run
 
 
-def engine_name(B: int, n: int, device: str) -> str:
-    """The engine the default dispatch picks for a ``[B, n]`` float32 input on ``device``."""
-    return functions.engine_for(torch.zeros(B, n, device=device)).__name__.rsplit(".", 1)[-1]
+def engine_name(n: int, k: int, device: str) -> str:
+    """The engine the default dispatch picks for float32 logits ``[..., n]`` and an int ``k`` on ``device``."""
+    return engine_for_call(torch.device(device), torch.float32, n, k)
 
 
 def exact64(quantity: str, x: torch.Tensor, k: int, engine: str) -> torch.Tensor:

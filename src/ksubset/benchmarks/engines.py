@@ -37,7 +37,7 @@ def engine_rows(device: str, quick: bool, memory: bool, log: Callable[[str], Non
                                    budget_s=1.0 if quick else 3.0)
         shape_rows = []
         for method in methods:
-            engine = cases.engine_name(B, n, device) if method == "auto" else (method if method in cases.EXACT else "-")
+            engine = cases.engine_name(n, k, device) if method == "auto" else (method if method in cases.EXACT else "-")
             row = {"shape": name, "B": B, "n": n, "k": k, "method": method, "engine": engine,
                    "median_s": statistics.median(times[method]), "runs": len(times[method]),
                    "times_s": times[method]}
@@ -80,7 +80,7 @@ def large_rows(device: str, quick: bool, log: Callable[[str], None]) -> list[dic
         else:
             spec = {"method": "auto", "B": B, "n": n, "k": k, "runs": runs, "check_engine": check}
             res = runner.in_child(spec, timeout_s=1800)
-        row = {"shape": name, "B": B, "n": n, "k": k, "method": "auto", "engine": cases.engine_name(B, n, device),
+        row = {"shape": name, "B": B, "n": n, "k": k, "method": "auto", "engine": cases.engine_name(n, k, device),
                "runs": runs, **res}
         out.append(row)
         log(fmt_row(row))
