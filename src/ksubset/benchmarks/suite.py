@@ -31,7 +31,8 @@ def parser() -> argparse.ArgumentParser:
         prog="ksubset bench",
         description="Time exact k-subset sampling + SIMPLE against the reference engine and the relaxations.",
     )
-    p.add_argument("--quick", action="store_true", help="fewer runs and smaller sizes (about 4 minutes on 2 cores)")
+    p.add_argument("--quick", action="store_true",
+                   help="fewer runs and smaller sizes (the README says how long it takes)")
     p.add_argument("--out", default=os.path.join("results", "bench"), help="output folder (default: results/bench)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:i]")
     p.add_argument("--no-memory", action="store_true", help="skip the per-case peak-memory subprocesses")
