@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -207,6 +209,20 @@ def test_bench_end_to_end_at_tiny_shapes(tmp_path, monkeypatch, capsys):
     assert all(r["max_dmu"] < 1e-6 for r in out["main"] if r["method"] in cases.EXACT)
     printed = capsys.readouterr().out
     assert "application table" in printed and "| IPR-MPNN | 5 × 6 × 2 | 1 |" in printed
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "bench.json").stat().st_mode) == 0o666 & ~umask
+
+
+def test_the_growth_plot_is_written(tmp_path):
+    pytest.importorskip("matplotlib")
+    pts = [{"n": n, "k": 10, "median_s": 1e-6 * n} for n in (100, 1000, 10_000)]
+    growth = {"k=10": {"auto": {"points": pts, "slope": 1.0}},
+              "n=1e4": {"auto": {"points": [{"n": 10_000, "k": k, "median_s": 1e-5 * k} for k in (1, 10)],
+                                 "slope": 1.0}}}
+    meta = {"device_name": "cpu", "torch": torch.__version__, "threads": 1}
+    assert report.plot(growth, str(tmp_path / "growth.png"), meta) is None
+    assert (tmp_path / "growth.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_bench_rejects_an_unknown_device(capsys):

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import os
 import platform
-import tempfile
 import time
+from pathlib import Path
 
 import torch
 
 import ksubset
 from ksubset import core
+from ksubset.experiments.common import atomic_write_bytes
 
 __all__ = [
     "application_table",
@@ -160,18 +162,9 @@ def _ms(seconds) -> str:
 
 
 def atomic_write(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder (no half-written file)."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Write ``data`` to ``path`` through a temporary file in the same folder (no half-written file; the
+    permissions follow the umask)."""
+    atomic_write_bytes(Path(path), data)
 
 
 def plot(growth: dict, path: str, meta: dict) -> str | None:
@@ -210,15 +203,12 @@ def plot(growth: dict, path: str, meta: dict) -> str | None:
     fig.suptitle(f"ksubset.simple, {meta['device_name']}, torch {meta['torch']} ({meta['threads']} threads)",
                  fontsize=9)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-", suffix=".png")
-    os.close(fd)
+    buf = io.BytesIO()
     try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
+        fig.savefig(buf, format="png", dpi=120)
     finally:
         plt.close(fig)
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+    atomic_write(path, buf.getvalue())
     return None
 
 
