@@ -72,17 +72,21 @@ def limit_gap(n: int, dtype: torch.dtype) -> float:
     return -math.log(fi.tiny) - math.log(fi.eps) + math.log(2 * max(n, 1))
 
 
-def needed(x: Tensor, free: Tensor, all_free: bool) -> bool:
+def needed(x: Tensor, free: Tensor, all_free: bool, extent: tuple[float, float] | None = None) -> bool:
     """Whether any free logit of ``x [B, n]`` is beyond ``±G`` or the free logits span more than ``G`` (one
     reduction, one host sync).
 
     The span: a global one (over all rows) bounds every row's, so False is exact; True only means that the rows
     must be looked at. The magnitude: rows of large logits are re-centred (where that is exact), so that the
     engines never see them. Differences of finite floats overflow to ``+inf`` at worst (never NaN), which
-    compares correctly with ``G``; with no free item the test is ``-inf > G``.
+    compares correctly with ``G``; with no free item the test is ``-inf > G``. ``extent``: the smallest and
+    largest logit when every item is free and they are known already (no reduction, no sync).
     """
     if x.numel() == 0:
         return False
+    if extent is not None:
+        lo_f, hi_f = extent
+        return max(hi_f - lo_f, hi_f, -lo_f) > limit_gap(x.shape[-1], x.dtype)
     if all_free:
         lo, hi = torch.aminmax(x)
     else:

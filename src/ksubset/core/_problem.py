@@ -180,8 +180,10 @@ def prepare(logits: Tensor, k: int | Tensor, mask: Tensor | None = None, *, name
     k_static = int(k) if isinstance(k, int) else None
     engine = engine_for_call(device, dt, n, k_static)
     if ops.direct(x_in, k_in, flat_mask):
-        k_free, free, forced, all_free = ops.canonical_checked(x_in, k_in, flat_mask, batch_shape, name, k_static)
-        if not _extremes.needed(x_in, free, all_free):
+        k_free, free, forced, all_free, extent = ops.canonical_checked(
+            x_in, k_in, flat_mask, batch_shape, name, k_static
+        )
+        if not _extremes.needed(x_in, free, all_free, extent):
             if all_free:  # nothing to cut (the common call): skip the where()
                 return Problem(x, k_free, free, forced, free, batch_shape, logits.dtype, engine, k_static)
             # where() keeps the autograd link for free items and cuts it elsewhere.

@@ -33,7 +33,7 @@ class _Categorical:
 
     def __init__(self, logits: Tensor, active: Tensor):
         top = logits.amax(-1, keepdim=True)
-        top = torch.where(torch.isfinite(top), top, torch.zeros((), dtype=top.dtype, device=top.device))
+        top = torch.where(top > float("-inf"), top, torch.zeros((), dtype=top.dtype, device=top.device))
         self.shifted = logits - top  # <= 0 on drawable items, -inf elsewhere
         self.e = self.shifted.exp()
         self.s = self.e.sum(-1, keepdim=True)  # >= 1 on rows with a drawable item
@@ -83,7 +83,8 @@ class ClosedForm:
         self.excluded = excluded
 
     def _categorical(self, theta: Tensor, k: Tensor) -> tuple[_Categorical, Tensor]:
-        free = torch.isfinite(theta)
+        """The categorical and the free items (``theta > -inf``: canonical logits are finite or ``-inf``)."""
+        free = theta > float("-inf")
         if not self.excluded:  # -inf logits already weigh 0
             return _Categorical(theta, k != 0), free
         neg = torch.where(free, -theta, torch.full((), float("-inf"), dtype=theta.dtype, device=theta.device))

@@ -34,6 +34,7 @@ operators in ``autograd.Function``\\ s that add forward mode (``jvp``) for eager
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
@@ -104,14 +105,17 @@ _is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
 
 def canonical_checked(
     x: Tensor, k: Tensor, mask: Tensor | None, batch_shape: Sequence[int], name: str, k_static: int | None
-) -> tuple[Tensor, Tensor, Tensor, bool]:
-    """The implementation of ``canonical``, plus whether every item is free (the common call)."""
+) -> tuple[Tensor, Tensor, Tensor, bool, tuple[float, float] | None]:
+    """The implementation of ``canonical``, plus whether every item is free (the common call) and, then, the
+    smallest and largest logit (which the limit rule's check reuses)."""
     B, n = x.shape
     if mask is None and B > 0 and k_static is not None and 0 <= k_static <= n:
-        # The common call (an int k <= n, every logit finite): one reduction, one host sync.
-        if bool(torch.isfinite(x).all()):
+        # The common call (an int k <= n, every logit finite): one reduction, one host sync. aminmax
+        # propagates NaN, and lo > -inf, hi < inf exclude infinite logits.
+        lo, hi = torch.stack(torch.aminmax(x)).tolist()
+        if -math.inf < lo and hi < math.inf:
             free = torch.ones((B, n), dtype=torch.bool, device=x.device)
-            return k.clone(), free, ~free, True
+            return k.clone(), free, ~free, True, (lo, hi)
     avail = x != float("-inf")
     if mask is not None:
         avail = avail & mask
@@ -123,7 +127,7 @@ def canonical_checked(
     bad = isnan.any(-1) | (k < 0) | (k > n_avail) | (n_forced > k)
     if B > 0 and bool(bad.any()):
         _raise_first_problem(isnan, k, n_avail, n_forced, list(batch_shape), name)
-    return k - n_forced, free, forced, False
+    return k - n_forced, free, forced, False, None
 
 
 def _canonical(
