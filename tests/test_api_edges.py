@@ -1,4 +1,4 @@
-"""API edges (issue 11, item 8): int sample shapes in rsample, huge k, wrong generator types, and the k-hot
+"""API edges: int sample shapes in rsample, huge k, wrong generator types, and the k-hot
 support of KSubset as a torch.distributions constraint."""
 
 from __future__ import annotations

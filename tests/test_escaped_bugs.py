@@ -1,4 +1,4 @@
-"""Regression tests for bugs that an earlier suite let through (issue 11, item 10, outside the kernel).
+"""Regression tests for bugs that an earlier suite let through (outside the kernel).
 
 Each test was checked by planting the bug it names and watching it fail. Oracles are independent: enumeration
 in float64 (tests/oracle.py), ``math.comb``, numpy.

@@ -1,4 +1,4 @@
-"""Mixed precision (issue 11, item 6): every estimator trains under ``torch.autocast`` with a
+"""Mixed precision: every estimator trains under ``torch.autocast`` with a
 ``torch.amp.GradScaler``, and an overflowed loss scale gives a skipped step, never an exception."""
 
 from __future__ import annotations

@@ -84,10 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         if command == "reproduce":
             return _reproduce(rest)
         if command == "bench":
-            from . import bench
+            from . import benchmarks
 
             try:
-                return int(bench.main(rest) or 0)
+                return int(benchmarks.main(rest) or 0)
             except OSError as exc:
                 print(f"ksubset bench: error: {_describe(exc)}", file=sys.stderr)
                 return 1

@@ -1,4 +1,4 @@
-"""The command line under misuse (issue 11, item 9): numeric options validated by argparse, OS errors and Ctrl-C
+"""The command line under misuse: numeric options validated by argparse, OS errors and Ctrl-C
 as one line, ``--seed`` honoured, cached units keyed by everything that changes them, umask-respecting files."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """E1 of the SIMPLE paper: bias and variance of gradient estimators against the exact gradient.
 
-Setting (paper.md E1): ``n = 10, k = 5``; for each of 10 seeds, ``theta = rng.randn(10)`` and
+Setting (the paper's E1, from its official code): ``n = 10, k = 5``; for each of 10 seeds, ``theta = rng.randn(10)`` and
 ``b = |rng.randn(10)|`` from ``numpy.random.RandomState(seed)``; loss ``f(z) = ||z - b||^2``; exact gradient of
 ``E[f(z)]`` by enumerating the 252 subsets; ``N`` single-sample estimates ``g_i`` per estimator at the same
 ``theta``. With ``g_bar`` the mean estimate:
@@ -42,7 +42,8 @@ from .common import RunContext, atomic_write_json, atomic_write_text, int_arg, m
 SEEDS = [1234, 1067, 9198, 9453, 6240, 7044, 1755, 7898, 3131, 1277]
 LAM = 2.5
 
-#: paper.md E1: (bias mean, bias std, variance mean, variance std, average error)
+#: the paper's E1 numbers (its official code's saved outputs):
+#: (bias mean, bias std, variance mean, variance std, average error)
 PAPER = {
     "SoftSub": (0.083, 0.063, 0.031, 0.017, 0.271),
     "I-MLE": (0.460, 0.139, 0.031, 0.025, 0.579),

@@ -280,8 +280,8 @@ def _markdown(ctx, cfg, data, summary, rows, trained_all) -> str:
             "- L2X's relaxation (k Gumbel-softmax draws, elementwise max, t = 0.1) is defined in the experiment "
             "(`methods.l2x_relaxation`); every other method is a registered `ksubset.estimators` estimator used "
             "through `ksubset.nn.KSubsetLayer` or, for the score function, called with the loss.",
-            "- I-MLE's λ is not stated in paper.md; λ = 1000 (the I-MLE authors' L2X setting as we recall it) "
-            "with sum-of-gamma noise τ = 30, κ = k, unscaled.",
+            "- I-MLE's λ is not stated for the SIMPLE paper's L2X runs; λ = 1000 (the I-MLE authors' L2X setting "
+            "as we recall it) with sum-of-gamma noise τ = 30, κ = k, unscaled.",
             "- Random row: the predictor trained on uniformly random k-subsets; oracle row: the predictor trained "
             "and tested on k annotated words (annotated words first, at random among them).",
             "- The oracle's MSE is not a lower bound: its k words are drawn at random from the aspect's annotated "

@@ -18,7 +18,7 @@ from .data import DataSpec, DataStore
 from .learner import METHODS
 from .problem import LOSSES
 
-#: paper.md E4: u_t = −0.994 u_xx − 0.996 u_xxxx − 0.992 u·u_x
+#: the SIMPLE paper's E4 result: u_t = −0.994 u_xx − 0.996 u_xxxx − 0.992 u·u_x
 PAPER_COEFS = {"u_xx": -0.994, "u_xxxx": -0.996, "u·u_x": -0.992}
 PAPER_EQUATION = "u_t = -0.994 u_xx - 0.996 u_xxxx - 0.992 u·u_x"
 

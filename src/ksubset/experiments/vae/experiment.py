@@ -3,7 +3,7 @@
 ``ksubset reproduce vae [--quick | --full] [--methods …] [--epochs N] [--k1] [--seed S]``; the same command
 runs under ``torchrun --nproc_per_node=N -m ksubset.cli reproduce vae …`` (see :mod:`.train`).
 
-Configuration (paper.md E2): 20 blocks × 20 items, each a 10-subset; MLP 784-512-256-400 / 400-256-512-784;
+Configuration (the SIMPLE paper's E2): 20 blocks × 20 items, each a 10-subset; MLP 784-512-256-400 / 400-256-512-784;
 Bernoulli cross-entropy on pixels / 255; Adam 5e-4 (1e-3 for k = 1), batch 100; ``--full`` = 200 epochs
 (100 for k = 1) on the 60k/10k split. ``--quick`` = every method for 2 epochs on the first 3,000 training
 and 1,000 test images (IWAE with 100 samples on 200 images), a few minutes on 2 cores.

@@ -26,7 +26,7 @@ from .model import DiscreteVAE, images_to_float
 
 __all__ = ["OFFICIAL_LOG", "OFFICIAL_BEST", "PAPER_K1", "write_report", "load_runs"]
 
-#: the official run's test loss (its own, truncated-entropy metric) at epochs 1, 10, 50, 100 (paper.md E2)
+#: the official run's test loss (its own, truncated-entropy metric) at epochs 1, 10, 50, 100 (the paper's E2)
 OFFICIAL_LOG = {1: 219.3, 10: 184.2, 50: 174.5, 100: 171.7}
 OFFICIAL_BEST = (130, 170.5)
 #: the paper's k = 1 comparison (100 epochs)

@@ -1,6 +1,7 @@
-"""Benchmark rows for issue 12 (beyond exactly k): the inverse map and count constraints.
+"""The cardinality section (beyond exactly k): the inverse map and count constraints.
 
-Run as ``python -m ksubset.bench_cardinality [--quick] [--out DIR]`` (``ksubset bench`` runs it too).
+Run as ``python -m ksubset.benchmarks.cardinality [--quick] [--out DIR]`` (``ksubset bench`` runs it too;
+writes ``cardinality.json``).
 
 1. ``logits_from_marginals`` (Newton–CG on covariance-vector products) against the fixed-point iteration of
    the R package ``sampling`` (``UPMEpiktildefrompik``: ``pt <- pt + pi - mu(pt)`` on the Poisson-design
@@ -27,6 +28,9 @@ import torch
 import ksubset
 from ksubset.core.inverse import logits_from_marginals
 from ksubset.estimators import simple as simple_exact
+from ksubset.experiments.common import int_arg
+
+from .report import atomic_write
 
 __all__ = ["main"]
 
@@ -127,10 +131,11 @@ def count_rows(quick: bool, log) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ksubset.bench_cardinality", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m ksubset.benchmarks.cardinality",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default=os.path.join("results", "bench"))
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads(N) first")
+    parser.add_argument("--threads", type=int_arg(1), default=None, help="torch.set_num_threads(N) first")
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -140,12 +145,8 @@ def main(argv: list[str] | None = None) -> int:
 
     result = {"torch_threads": torch.get_num_threads(), "inverse": inverse_rows(args.quick, log),
               "counts": count_rows(args.quick, log)}
-    os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "cardinality.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(result, fh, indent=1)
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(result, indent=1).encode())
     log(f"wrote {path}")
     return 0
 
