@@ -30,8 +30,9 @@ def _reproduce(argv: list[str]) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     # experiment-specific options, parsed only when that experiment is named
     name = next((a for a in argv if a in names), None)
-    if name is not None and experiments.get(name).add_arguments is not None:
-        experiments.get(name).add_arguments(parser.add_argument_group(f"{name} options"))
+    add_arguments = None if name is None else experiments.get(name).add_arguments
+    if add_arguments is not None:
+        add_arguments(parser.add_argument_group(f"{name} options"))
     args = parser.parse_args(argv)
     common = {"name", "mode", "out", "seed", "fresh", "no_progress"}
     options = {k: v for k, v in vars(args).items() if k not in common}

@@ -31,7 +31,7 @@ def thread_counts(device: str, threads: int | None) -> list[int | None]:
     """1 and all cores (``threads`` when given) on CPU; ``[None]`` (unchanged) on other devices."""
     if not device.startswith("cpu"):
         return [None]
-    return sorted({1, threads or os.cpu_count() or 1})
+    return list(sorted({1, threads or os.cpu_count() or 1}))
 
 
 def application_rows(device: str, quick: bool, *, threads: int | None, compile_models: bool,

@@ -61,7 +61,7 @@ def lean_relaxed_topk(logits: torch.Tensor, k: int, *, generator=None, t: float 
     tiny = torch.finfo(logits.dtype).tiny
     u = torch.rand(logits.shape, generator=generator, dtype=logits.dtype, device=logits.device)
     alpha = logits - torch.log(-torch.log(u.clamp_min(tiny)))
-    out, a = torch.zeros_like(logits), None
+    out, a = torch.zeros_like(logits), logits  # a is first read at j = 1
     for j in range(k):
         if j:
             alpha = alpha + torch.log((1 - a).clamp_min(tiny))
@@ -75,7 +75,7 @@ def lean_st_relaxed_topk(logits: torch.Tensor, k: int, *, generator=None, t: flo
     tiny = torch.finfo(logits.dtype).tiny
     u = torch.rand(logits.shape, generator=generator, dtype=logits.dtype, device=logits.device)
     keys = logits - torch.log(-torch.log(u.clamp_min(tiny)))
-    alpha, soft, a = keys, torch.zeros_like(logits), None
+    alpha, soft, a = keys, torch.zeros_like(logits), keys  # a is first read at j = 1
     for j in range(k):
         if j:
             alpha = alpha + torch.log((1 - a).clamp_min(tiny))

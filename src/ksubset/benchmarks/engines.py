@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -35,7 +36,7 @@ def engine_rows(device: str, quick: bool, memory: bool, log: Callable[[str], Non
         min_runs = {m: (3 if quick else 5) if m == "reference" else 5 for m in methods}
         times = runner.interleaved(steps, device, min_runs=min_runs, max_runs=10 if quick else 40,
                                    budget_s=1.0 if quick else 3.0)
-        shape_rows = []
+        shape_rows: list[dict[str, Any]] = []
         for method in methods:
             engine = cases.engine_name(n, k, device) if method == "auto" else (method if method in cases.EXACT else "-")
             row = {"shape": name, "B": B, "n": n, "k": k, "method": method, "engine": engine,

@@ -9,6 +9,7 @@ import os
 import platform
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -218,7 +219,7 @@ def meta(device: str, quick: bool) -> dict:
     with contextlib.suppress(OSError):
         with open("/proc/cpuinfo") as f:
             cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    out = {
+    out: dict[str, Any] = {
         "device": device,
         "device_name": torch.cuda.get_device_name() if device.startswith("cuda") else cpu,
         "cpu_count": os.cpu_count(),

@@ -84,8 +84,8 @@ def marginals(theta: Tensor, k: Tensor, K: int) -> Tensor:
 def cov_vec(theta: Tensor, k: Tensor, K: int, v: Tensor) -> Tensor:
     if _in_func_transform():
         v = torch.where(torch.isfinite(theta), v, 0.0)
-        mu = torch.func.grad(lambda t: _log_z(t, k, K).sum())
-        return _func_grad(lambda t: (mu(t) * v).sum(), theta)
+        mu_of = torch.func.grad(lambda t: _log_z(t, k, K).sum())
+        return _func_grad(lambda t: (mu_of(t) * v).sum(), theta)
     with torch.enable_grad():
         t = theta.detach().requires_grad_(True)
         (mu,) = torch.autograd.grad(_log_z(t, k, K).sum(), t, create_graph=True)
@@ -100,9 +100,9 @@ def cov3(theta: Tensor, k: Tensor, K: int, v: Tensor, w: Tensor) -> Tensor:
     v = torch.where(finite, v, 0.0)
     w = torch.where(finite, w, 0.0)
     if _in_func_transform():
-        mu = torch.func.grad(lambda t: _log_z(t, k, K).sum())
-        hv = torch.func.grad(lambda t: (mu(t) * v).sum())
-        return _func_grad(lambda t: (hv(t) * w).sum(), theta)
+        mu_of = torch.func.grad(lambda t: _log_z(t, k, K).sum())
+        hv_of = torch.func.grad(lambda t: (mu_of(t) * v).sum())
+        return _func_grad(lambda t: (hv_of(t) * w).sum(), theta)
     with torch.enable_grad():
         t = theta.detach().requires_grad_(True)
         (mu,) = torch.autograd.grad(_log_z(t, k, K).sum(), t, create_graph=True)

@@ -330,8 +330,7 @@ def cov_vec(theta: Tensor, k: Tensor, K: int, v: Tensor) -> Tensor:
     # Forward-mode duals are written into: an expanded (stride-0) input must get its own memory.
     theta = theta.contiguous()
     v = torch.where(s.free, v, 0.0).contiguous()
-    _, tangent = torch.func.jvp(lambda t: _marginals_of(t, s), (theta,), (v,))
-    return tangent
+    return torch.func.jvp(lambda t: _marginals_of(t, s), (theta,), (v,))[1]
 
 
 def cov3(theta: Tensor, k: Tensor, K: int, v: Tensor, w: Tensor) -> Tensor:
@@ -345,7 +344,7 @@ def cov3(theta: Tensor, k: Tensor, K: int, v: Tensor, w: Tensor) -> Tensor:
     w = torch.where(s.free, w, 0.0)
     with torch.enable_grad():
         t = theta.detach().contiguous().requires_grad_(True)
-        _, cv = torch.func.jvp(lambda u: _marginals_of(u, s), (t,), (v,))
+        cv = torch.func.jvp(lambda u: _marginals_of(u, s), (t,), (v,))[1]
         (out,) = torch.autograd.grad((cv * w).sum(), t)
     return torch.where(s.free, out, 0.0)
 

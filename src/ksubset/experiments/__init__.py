@@ -33,7 +33,7 @@ class Experiment:
     name: str
     description: str
     run: Callable[[RunContext], dict[str, Any]]
-    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
+    add_arguments: Callable[[argparse._ActionsContainer], None] | None = None  # a parser or an argument group
     #: a line for the top-level report: what the quick configuration shows
     quick_note: str = ""
 

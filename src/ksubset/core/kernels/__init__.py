@@ -41,7 +41,7 @@ from .pool import run_rows
 try:  # numba is optional (the ``fast`` extra)
     import numba
 except ImportError:  # pragma: no cover - exercised only without numba
-    numba = None
+    numba = None  # type: ignore[assignment]
 
 if numba is not None:
     from .forward import _block_size, _log_z_rows
@@ -156,7 +156,7 @@ def _sweep(
     kk = _as_i64(k)
     K = int(K)
     want_cov = v is not None
-    vv = _as_f64(v) if want_cov else th
+    vv = th if v is None else _as_f64(v)
     uu = _NO_U if u is None else u
     S = uu.shape[0]
     z = np.zeros((S, B, n), np.int64)

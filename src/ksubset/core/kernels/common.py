@@ -49,9 +49,13 @@ _FM = {"reassoc", "contract"}
 #: Compiled functions that allocate (work spaces): with numba's reference counting.
 _jit = numba.njit(cache=True, fastmath=_FM, nogil=True, error_model="numpy")
 #: Compiled functions that allocate nothing: without reference counting.
-_raw = numba.njit(cache=True, fastmath=_FM, nogil=True, error_model="numpy", _nrt=False)
+_raw = numba.njit(  # type: ignore[call-overload]  # _nrt is numba's private switch
+    cache=True, fastmath=_FM, nogil=True, error_model="numpy", _nrt=False
+)
 #: The same for generated code (no source file to key an on-disk cache on).
-_raw_nocache = numba.njit(cache=False, fastmath=_FM, nogil=True, error_model="numpy", _nrt=False)
+_raw_nocache = numba.njit(  # type: ignore[call-overload]  # _nrt is numba's private switch
+    cache=False, fastmath=_FM, nogil=True, error_model="numpy", _nrt=False
+)
 
 #: A table row is checked for rescaling every this many items (a safety net; see :mod:`.forward`).
 RESCALE_EVERY = 32
