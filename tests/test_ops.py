@@ -54,15 +54,14 @@ ALL_UTILS = ("test_schema", "test_autograd_registration", "test_faketensor", "te
 def _utils(name: str, engine: str) -> tuple[str, ...]:
     """opcheck's checks per operator, less the ones that fail for reasons outside the operator.
 
-    * The tree engine's forward-mode products (``cov_vec``, ``cov3`` for every engine, and ``entropy``'s
-      backward) trip a torch-internal assertion in ``_make_dual`` when run under opcheck's checking modes
-      below the autograd key; the same code runs in eager, under vmap and in compiled graphs
-      (tests/test_func.py, tests/test_compile.py).
+    * ``cov3`` (every engine: reverse over forward mode) trips a torch-internal assertion in ``_make_dual``
+      when run under opcheck's checking modes below the autograd key; the same code runs in eager and under
+      vmap (tests/test_func.py, tests/test_higher_derivatives.py).
     * ``sample_and_marginals``: the AOT check feeds a float gradient to the int64 draws, which are marked
       non-differentiable (the compiled ``simple`` is checked in tests/test_compile.py).
     """
     skip = set()
-    if name == "cov3" or (engine == "tree" and name in ("cov_vec", "entropy")):
+    if name == "cov3":
         skip |= {"test_schema", "test_faketensor", "test_aot_dispatch_dynamic"}
     if name == "sample_and_marginals":
         skip.add("test_aot_dispatch_dynamic")

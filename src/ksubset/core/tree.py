@@ -327,10 +327,13 @@ def marginals(theta: Tensor, k: Tensor, K: int) -> Tensor:
 def cov_vec(theta: Tensor, k: Tensor, K: int, v: Tensor) -> Tensor:
     """``Cov(z) v`` per row, ``[B, n]`` (``v [B, n]``; entries of ``v`` on non-free items are ignored)."""
     s = _setup(theta, k)
-    # Forward-mode duals are written into: an expanded (stride-0) input must get its own memory.
-    theta = theta.contiguous()
-    v = torch.where(s.free, v, 0.0).contiguous()
-    return torch.func.jvp(lambda t: _marginals_of(t, s), (theta,), (v,))[1]
+    v = torch.where(s.free, v, 0.0)
+    # Cov is symmetric, so Cov v = J_mu^T v: one reverse pass through the marginals (forward-mode duals trip a
+    # torch-internal assertion when this runs inside a compiled backward).
+    with torch.enable_grad():
+        t = theta.detach().contiguous().requires_grad_(True)
+        (out,) = torch.autograd.grad(_marginals_of(t, s), t, grad_outputs=v)
+    return torch.where(s.free, out, 0.0)
 
 
 def cov3(theta: Tensor, k: Tensor, K: int, v: Tensor, w: Tensor) -> Tensor:
