@@ -44,7 +44,7 @@ from torch import Tensor
 from torch.utils._python_dispatch import _disable_current_modes
 
 from .engine import CLOSED_FORMS, default_engine, engine_module
-from .numerics import tilt
+from .numerics import centre
 
 __all__ = [
     "canonical",
@@ -397,7 +397,7 @@ def unsupported_order(how: str) -> RuntimeError:
 
 def tilted_logits(theta: Tensor, k: Tensor) -> Tensor:
     """``theta + c`` on free items, 0 elsewhere (``c`` detached; ``Cov(z) 1 = 0`` so any ``c`` is exact)."""
-    x = theta + tilt(theta.detach(), k).unsqueeze(-1)
+    x = theta + centre(theta.detach(), k).unsqueeze(-1)
     return torch.where(torch.isfinite(theta), x, 0.0)
 
 

@@ -327,7 +327,11 @@ def marginals(theta: Tensor, k: Tensor, K: int) -> Tensor:
 def cov_vec(theta: Tensor, k: Tensor, K: int, v: Tensor) -> Tensor:
     """``Cov(z) v`` per row, ``[B, n]`` (``v [B, n]``; entries of ``v`` on non-free items are ignored)."""
     s = _setup(theta, k)
-    v = torch.where(s.free, v, 0.0)
+    v = torch.where(s.free, v, 0.0).contiguous()
+    if torch._C._are_functorch_transforms_active():
+        # inside torch.func (hessian, jacfwd of the public API) autograd.grad is refused: forward mode there
+        # (duals are written into: an expanded, stride-0, input must get its own memory)
+        return torch.func.jvp(lambda t: _marginals_of(t, s), (theta.contiguous(),), (v,))[1]
     # Cov is symmetric, so Cov v = J_mu^T v: one reverse pass through the marginals (forward-mode duals trip a
     # torch-internal assertion when this runs inside a compiled backward).
     with torch.enable_grad():
