@@ -62,6 +62,8 @@ class Problem:
         k_static: the caller's ``k`` when it was a Python int (every row's full ``k``), else None.
         limit: what the limit rule did (:class:`._extremes.Limit`), or None when it did not run (then no
             logit is extreme, and ``theta`` is not shifted).
+        none_forced: True when every item is known to be free (the common call): ``forced`` is all False and
+            the outputs skip adding it (a few passes over ``[B, n]`` that dominate on many tiny rows).
     """
 
     theta: Tensor
@@ -74,6 +76,7 @@ class Problem:
     engine: str = "auto"
     k_static: int | None = None
     limit: Limit | None = None
+    none_forced: bool = False
 
     @property
     def n(self) -> int:
@@ -185,7 +188,8 @@ def prepare(logits: Tensor, k: int | Tensor, mask: Tensor | None = None, *, name
         )
         if not _extremes.needed(x_in, free, all_free, extent):
             if all_free:  # nothing to cut (the common call): skip the where()
-                return Problem(x, k_free, free, forced, free, batch_shape, logits.dtype, engine, k_static)
+                return Problem(x, k_free, free, forced, free, batch_shape, logits.dtype, engine, k_static,
+                               none_forced=True)
             # where() keeps the autograd link for free items and cuts it elsewhere.
             theta = torch.where(free, x, torch.full((), float("-inf"), dtype=dt, device=device))
             return Problem(theta, k_free, free, forced, free | forced, batch_shape, logits.dtype, engine, k_static)

@@ -82,7 +82,9 @@ def marginals(logits: Tensor, k: int | Tensor, mask: Tensor | None = None) -> Te
     Differentiable: the vector-Jacobian product is ``Cov(z) g``.
     """
     P = prepare(logits, k, mask)
-    mu = _free_marginals(P) + P.forced.to(P.theta.dtype)
+    mu = _free_marginals(P)
+    if not P.none_forced:
+        mu = mu + P.forced.to(P.theta.dtype)
     return P.unflatten(mu).to(P.dtype)
 
 
@@ -108,7 +110,7 @@ def _uniforms(P: Problem, num_samples: int, generator: torch.Generator | None) -
 
 
 def _finish_samples(P: Problem, z: Tensor, sample_shape: torch.Size) -> Tensor:
-    z = (z.bool() | P.forced).to(P.dtype)
+    z = z.to(P.dtype) if P.none_forced else (z.bool() | P.forced).to(P.dtype)
     return z.reshape(*sample_shape, *P.batch_shape, P.n)
 
 
@@ -149,7 +151,8 @@ def sample_and_marginals(
     P = prepare(logits, k, mask)
     shape, S = _num_samples(sample_shape)
     z, mu = functions.sample_and_marginals(P.theta, P.k, _uniforms(P, S, generator), P.engine)
-    mu = mu + P.forced.to(mu.dtype)
+    if not P.none_forced:
+        mu = mu + P.forced.to(mu.dtype)
     return _finish_samples(P, z, shape), P.unflatten(mu).to(P.dtype)
 
 
