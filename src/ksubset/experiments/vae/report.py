@@ -223,7 +223,7 @@ def _report_md(cfg: dict, summaries: dict[str, dict], files: list[str], targets:
               "(adding the mean-zero score z − μ).",
               "- Hyper-parameters: " + "; ".join(f"{m.label}: lr {m.lr}" + (f", {m.hp}" if m.hp else "")
                                                  for m in METHODS.values()) +
-              ". Estimator defaults otherwise (I-MLE λ = 2.5, sum-of-gamma noise; SoftSub t = 1; Gumbel τ = 1).",
+              ". Estimator defaults otherwise (I-MLE λ = 2.5, sum-of-gamma noise; SoftSub and Gumbel temperature 1).",
               "", "## Figures", ""]
     lines += [f"![{f}]({f})" for f in files]
     return "\n".join(lines) + "\n"
