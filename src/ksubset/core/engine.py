@@ -78,6 +78,14 @@ class ThirdOrder(Protocol):
         """``sum_jl kappa_ijl v_j w_l``, ``[B, n]``."""
 
 
+@runtime_checkable
+class FusedEntropy(Protocol):
+    """Engines that give the entropy and its gradient from one sweep (used for eager first-order backward)."""
+
+    def entropy_with_grad(self, theta: Tensor, k: Tensor, K: int) -> tuple[Tensor, Tensor]:
+        """``H`` ``[B]`` and ``dH/dtheta = -Cov(z) theta`` ``[B, n]`` (0 on non-free items)."""
+
+
 _BUILTIN: dict[str, ModuleType] = {"reference": reference, "tree": tree}
 
 #: The choice of the innermost ``use_engine`` block (per thread / task).

@@ -185,6 +185,34 @@ class _Entropy(torch.autograd.Function):
         ).sum(-1)
 
 
+class _EntropyFused(torch.autograd.Function):
+    """Eager, first-order fast path of :class:`_Entropy`: the forward's sweep also gives ``dH/dtheta``
+    (``-Cov(z) theta``), which the backward reuses. A backward that builds a graph (``create_graph=True``)
+    recomputes the gradient through the differentiable operators, so higher orders are unchanged. Used
+    only outside ``torch.func`` transforms (see :func:`entropy`), hence the old-style ``forward(ctx, ...)``.
+    """
+
+    @staticmethod
+    def forward(ctx, theta, k, engine, fused):
+        h, grad = fused(theta, k)
+        ctx.engine = engine
+        ctx.save_for_backward(theta, k, grad)
+        ctx.save_for_forward(theta, k, grad)
+        return h
+
+    @staticmethod
+    def backward(ctx, g):
+        theta, k, grad = ctx.saved_tensors
+        if torch.is_grad_enabled():  # a graph of the gradient is wanted: the differentiable formula
+            return _D.entropy(theta, k, ctx.engine, g), None, None, None
+        return g.unsqueeze(-1) * grad, None, None, None
+
+    @staticmethod
+    def jvp(ctx, t_theta, _tk, _te, _tf):
+        _theta, _k, grad = ctx.saved_tensors
+        return (grad * _zeros_if_none(t_theta, grad)).sum(-1)
+
+
 class _SampleAndMarginals(torch.autograd.Function):
     generate_vmap_rule = True
 
@@ -236,7 +264,11 @@ def cov3(theta: Tensor, k: Tensor, v: Tensor, w: Tensor, engine: str) -> Tensor:
 
 
 def entropy(theta: Tensor, k: Tensor, engine: str) -> Tensor:
-    """``H`` ``[B]``."""
+    """``H`` ``[B]``; in plain eager mode with a gradient to come, one sweep for both where the engine can."""
+    if theta.requires_grad and torch.is_grad_enabled() and ops.direct(theta, k):
+        fused = ops.fused_entropy(engine, theta.device)
+        if fused is not None:
+            return _EntropyFused.apply(theta, k, engine, fused)
     return _apply(_Entropy, theta, k, engine) if _eager() else ops.entropy(theta, k, engine)
 
 

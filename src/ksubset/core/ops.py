@@ -250,6 +250,19 @@ def _entropy(theta: Tensor, k: Tensor, engine: str) -> Tensor:
     return _engine(engine, theta.device).entropy(theta, k, _K(k, engine))
 
 
+def fused_entropy(engine: str, device: torch.device) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None:
+    """``(theta, k) -> (H [B], dH/dtheta [B, n])`` from one sweep, for engines that offer it, else None.
+
+    Not an operator: :mod:`.functions` uses it only in plain eager mode, for a first-order backward that
+    reuses the forward's sweep (a second-order backward recomputes through the operators).
+    """
+    eng = _engine(engine, device)
+    fn = getattr(eng, "entropy_with_grad", None)
+    if fn is None:
+        return None
+    return lambda theta, k: fn(theta, k, _K(k, engine))
+
+
 def _sample(theta: Tensor, k: Tensor, u: Tensor, engine: str) -> Tensor:
     return _engine(engine, theta.device).sample_given(theta, k, _K(k, engine), u).contiguous()
 

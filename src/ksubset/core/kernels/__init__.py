@@ -55,6 +55,7 @@ __all__ = [
     "marginals",
     "cov_vec",
     "entropy",
+    "entropy_with_grad",
     "uniforms",
     "sample",
     "sample_given",
@@ -220,6 +221,16 @@ def entropy(theta: Tensor, k: Tensor, K: int) -> Tensor:
     """
     _, _, _, h = _sweep(theta, k, K, True, None, None, want_h=True)
     return h.to(theta.dtype)
+
+
+def entropy_with_grad(theta: Tensor, k: Tensor, K: int) -> tuple[Tensor, Tensor]:
+    """Entropy ``[B]`` and its gradient ``-Cov(z) theta`` ``[B, n]`` (0 on non-free items) from one sweep.
+
+    The gradient needs no centring of ``theta``: the sweep centres ``v`` by its tilted mean in float64.
+    """
+    v = torch.where(torch.isfinite(theta), theta, 0.0)
+    _, _, cov, h = _sweep(theta, k, K, True, v, None, want_h=True)
+    return h.to(theta.dtype), cov.neg_().to(theta.dtype)
 
 
 def sample_given(theta: Tensor, k: Tensor, K: int, u: Tensor) -> Tensor:
