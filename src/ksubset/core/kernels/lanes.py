@@ -20,7 +20,7 @@ import numpy as np
 
 from .backward import _entropy_term, _tiny_marginal
 from .common import _TINY, _U, _flush, _flush_signed, _jit, _raw, _raw_nocache
-from .tilt import _setup
+from .tilt import _MAX_NEWTON, _SPREAD, _TILT_TOL, _newton_update, _setup
 
 #: Rows processed side by side (the one setting: every lanes loop, table stride and the generated dot
 #: products use it). 8 float64 lanes fill one AVX-512 register or two AVX2 registers.
@@ -78,62 +78,134 @@ def _tile_source(lanes: int) -> str:
     )
 
 
+def _sigmoid_sums_source(lanes: int) -> str:
+    """Source of ``_sigmoid_sums(E, t, n, s, fp)``: per lane ``w``, ``s[w] = sum_i d`` and ``fp[w] = sum_i d (1 - d)``
+    with ``d = 1 / (1 + E[i, w] t[w])`` (the tilt's Newton sums), accumulated in locals for the reason given at
+    :func:`_lane_dots_source`."""
+    ws = range(lanes)
+    return "\n".join(
+        [
+            "def _sigmoid_sums(E, t, n, s, fp):",
+            *[f"    t{w} = t[{w}]" for w in ws],
+            f"    {' = '.join(f's{w}' for w in ws)} = 0.0",
+            f"    {' = '.join(f'f{w}' for w in ws)} = 0.0",
+            "    for i in range(n):",
+            *[f"        d{w} = 1.0 / (1.0 + E[i, {w}] * t{w})" for w in ws],
+            *[f"        s{w} += d{w}" for w in ws],
+            *[f"        f{w} += d{w} * (1.0 - d{w})" for w in ws],
+            *[f"    s[{w}] = s{w}" for w in ws],
+            *[f"    fp[{w}] = f{w}" for w in ws],
+        ]
+    )
+
+
 _generated: dict = {}
 exec(_lane_dots_source(_LANES), _generated)  # noqa: S102 - source built above from the lane count alone
 exec(_tile_source(_LANES), _generated)  # noqa: S102
+exec(_sigmoid_sums_source(_LANES), _generated)  # noqa: S102
 # not cached on disk (generated code has no source file); compiled once per process, in well under a second
 _lane_dots = _raw_nocache(_generated["_lane_dots"])
 _tile = _raw_nocache(_generated["_tile"])
+_sigmoid_sums = _raw_nocache(_generated["_sigmoid_sums"])
 
 #: Work space of one thread for the lanes layout (float64 unless noted; ``F = (K + 2) * LANES``): per-lane
 #: ``P``, ``Q``, ``Y``, ``Wt``, ``ONE [n, LANES]`` tilted probabilities, tilted logits, centred ``v`` and ones;
 #: ``Pt``, ``Qt``, ``Ht [n, F]`` the coefficients ``p``, ``q``, ``p w`` tiled like a table row; ``A``, ``G
 #: [n + 1, F]`` forward tables; ``R``, ``H [2, F]`` backward vectors; ``need [S, LANES]`` int64; ``kl``, ``ml
 #: [LANES]`` int64 per-lane ``k`` and free count; ``zinv``, ``gbar``, ``dd``, ``ddg [LANES]`` per-lane
-#: ``1 / Pr(S = k)``, ``E[z.w]`` and dot products; ``idx [n]`` int64, ``x``, ``p``, ``q [n]`` one row's tilt.
+#: ``1 / Pr(S = k)``, ``E[z.w]`` and dot products; ``idx [n]`` int64, ``x``, ``p``, ``q [n]`` one wide row's
+#: tilt; ``E [n, LANES]`` and ``st [8, LANES]`` the vectorised tilt's scratch.
 LanesWorkspace = namedtuple(
-    "LanesWorkspace", "P Q Y Wt ONE Pt Qt Ht A G R H need kl ml zinv gbar dd ddg idx x p q"
+    "LanesWorkspace", "P Q Y Wt ONE Pt Qt Ht A G R H need kl ml zinv gbar dd ddg idx x p q E st"
 )
 
 
 @_raw
-def _lanes_setup(theta, k, v, b0, b1, with_g, P, Q, Y, Wt, kl, ml, idx, x, p, q):
-    """Tilted ``p``/``q``, tilted logits ``Y`` (and centred ``v``) of rows ``b0..b1-1`` into lanes.
+def _lanes_tilt(theta, k, b0, b1, P, Q, Y, E, kl, ml, st, idx, x, p, q):
+    """The tilt of :mod:`.tilt` for the rows ``b0..b1-1`` at once, the Newton iterations vectorised over lanes.
 
-    Lanes past ``b1`` and trivial rows (``k = 0`` or ``k = m``) are dummies: p = 0, q = 1, k = 0.
+    Fills the tilted probabilities ``P``/``Q`` and logits ``Y`` ``[n, LANES]`` (unavailable items: ``p = 0``,
+    ``q = 1``, ``y = -inf``), ``kl``/``ml`` (per-lane ``k`` and free count). Lanes past ``b1`` and trivial rows
+    (``k = 0`` or ``k = m``) are dummies (``k = 0``, every item unavailable). Same equation, bracket,
+    starting point and tolerance as :func:`.tilt._setup`, which still handles a row whose logits span more
+    than ``_SPREAD`` nats. ``E`` ``[n, LANES]`` and ``st`` ``[8, LANES]`` are scratch.
     """
     n = theta.shape[1]
-    for i in range(n):  # row by row (lane by lane would sweep every array once per lane)
+    c, lo, hi, xref, act, s, fp, t = st[0], st[1], st[2], st[3], st[4], st[5], st[6], st[7]
+    for i in range(n):
         for w in range(_LANES):
-            P[i, w] = 0.0
-            Q[i, w] = 1.0
-            Wt[i, w] = 0.0
             Y[i, w] = -np.inf
     for w in range(_LANES):
         kl[w] = 0
         ml[w] = 0
+        act[w] = 0.0
+        xref[w] = 0.0
+        c[w] = 0.0
         b = b0 + w
         if b >= b1:
             continue
-        kb = k[b]
-        m, _ = _setup(theta[b], kb, idx, x, p, q)
+        m = 0
+        tmax = -np.inf
+        tmin = np.inf
+        tsum = 0.0
+        for i in range(n):
+            v = theta[b, i]
+            if v > -np.inf:
+                m += 1
+                tmax = max(tmax, v)
+                tmin = min(tmin, v)
+                tsum += v
         ml[w] = m
+        kb = k[b]
         if kb == 0 or kb == m:
             continue
         kl[w] = kb
-        for t in range(m):
-            P[idx[t], w] = p[t]
-            Y[idx[t], w] = x[t]
-            Q[idx[t], w] = q[t]
-        if with_g:
-            sp = 0.0
-            spv = 0.0
-            for t in range(m):
-                sp += p[t]
-                spv += p[t] * v[b, idx[t]]
-            vbar = spv / sp
-            for t in range(m):
-                Wt[idx[t], w] = v[b, idx[t]] - vbar
+        if tmax - tmin > _SPREAD:  # rare: the per-row tilt below (one exp per item and iteration)
+            act[w] = -1.0
+            continue
+        for i in range(n):
+            Y[i, w] = theta[b, i]
+        frac = kb / m
+        lg = math.log(frac) - math.log1p(-frac)
+        lo[w] = lg - tmax
+        hi[w] = lg - tmin
+        c[w] = min(max(lg - tsum / m, lo[w]), hi[w])
+        xref[w] = 0.5 * (tmax + tmin)
+        act[w] = 1.0
+    for i in range(n):
+        for w in range(_LANES):
+            E[i, w] = math.exp(xref[w] - Y[i, w])  # exp(+inf) = inf for unavailable items: sigmoid 0
+    for _ in range(_MAX_NEWTON):
+        live = False
+        for w in range(_LANES):
+            live |= act[w] > 0.0
+            t[w] = math.exp(-c[w] - xref[w])
+        if not live:
+            break
+        _sigmoid_sums(E, t, n, s, fp)
+        for w in range(_LANES):
+            if act[w] > 0.0:  # (-1: a wide row, 0: converged or a dummy)
+                f = s[w] - kl[w]
+                if abs(f) <= _TILT_TOL or hi[w] - lo[w] <= 1e-13 * max(1.0, abs(c[w])):
+                    act[w] = 0.0
+                else:
+                    c[w], lo[w], hi[w] = _newton_update(c[w], f, fp[w], lo[w], hi[w])
+    for w in range(_LANES):
+        t[w] = math.exp(-c[w] - xref[w])
+    for i in range(n):
+        for w in range(_LANES):
+            e = E[i, w] * t[w]  # exp(-y): inf for unavailable items and below -709, where e * d is inf * 0
+            d = 1.0 / (1.0 + e)
+            P[i, w] = _flush(d)
+            Q[i, w] = _flush(e * d) if e < np.inf else 1.0
+            Y[i, w] += c[w]
+    for w in range(_LANES):  # the wide rows (so far dummies: Y = -inf gave p = 0, q = 1)
+        if act[w] < 0.0:
+            m, _ = _setup(theta[b0 + w], kl[w], idx, x, p, q)
+            for j in range(m):
+                P[idx[j], w] = p[j]
+                Q[idx[j], w] = q[j]
+                Y[idx[j], w] = x[j]
 
 
 @_raw
@@ -149,7 +221,22 @@ def _lanes_group(theta, k, K, want_mu, want_cov, want_h, v, u, z, mu_out, cov_ou
     with_g = want_cov
     L = _LANES
     F = (K + 2) * L
-    _lanes_setup(theta, k, v, b0, b1, with_g, P, Q, Y, Wt, kl, ml, ws.idx, ws.x, ws.p, ws.q)
+    _lanes_tilt(theta, k, b0, b1, P, Q, Y, ws.E, kl, ml, ws.st, ws.idx, ws.x, ws.p, ws.q)
+    if with_g:  # v centred by its tilted mean, per lane (0 on unavailable items)
+        for w in range(L):
+            if kl[w] == 0:  # a dummy lane (past b1, or a trivial row)
+                for i in range(n):
+                    Wt[i, w] = 0.0
+                continue
+            sp = 0.0
+            spv = 0.0
+            for i in range(n):
+                if P[i, w] > 0.0:
+                    sp += P[i, w]
+                    spv += P[i, w] * v[b0 + w, i]
+            vbar = spv / sp if sp > 0.0 else 0.0
+            for i in range(n):
+                Wt[i, w] = v[b0 + w, i] - vbar if Y[i, w] > -np.inf else 0.0
     _tile(P, ws.ONE, Pt, n, K)
     _tile(Q, ws.ONE, Qt, n, K)
     if with_g:
@@ -305,6 +392,8 @@ def _lanes_rows(theta, k, K, want_mu, want_cov, want_h, v, u, z, mu_out, cov_out
         np.empty(n),  # x
         np.empty(n),  # p
         np.empty(n),  # q
+        np.empty((n, L)),  # E
+        np.empty((8, L)),  # st
     )
     for g0 in range(b0, b1, L):
         _lanes_group(
