@@ -144,6 +144,17 @@ class ClosedForm:
         cat, free = self._categorical(theta, k)
         return self._draw(cat, free, u), self._marginals(cat, free)
 
+    def sample_and_marginals_kept(self, theta: Tensor, k: Tensor, K: int | None, u: Tensor):
+        """``sample_and_marginals_given`` and the categorical's probabilities ``[B, n]`` (what
+        :meth:`cov_vec_kept` reuses)."""
+        cat, free = self._categorical(theta, k)
+        return self._draw(cat, free, u), self._marginals(cat, free), cat.p
+
+    def cov_vec_kept(self, theta: Tensor, k: Tensor, K: int | None, v: Tensor, kept: Tensor) -> Tensor:
+        """``cov_vec`` from the probabilities :meth:`sample_and_marginals_kept` returned (0 off the free items,
+        where they are 0)."""
+        return _cov_vec(kept, _free_or_zero(v.to(theta.dtype), theta > float("-inf")))
+
 
 #: Rows that choose ``k ∈ {0, 1}`` of their free items.
 ONE = ClosedForm(excluded=False)

@@ -20,7 +20,7 @@ import contextvars
 import warnings
 from collections.abc import Iterator
 from types import ModuleType
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -84,6 +84,17 @@ class FusedEntropy(Protocol):
 
     def entropy_with_grad(self, theta: Tensor, k: Tensor, K: int) -> tuple[Tensor, Tensor]:
         """``H`` ``[B]`` and ``dH/dtheta = -Cov(z) theta`` ``[B, n]`` (0 on non-free items)."""
+
+
+@runtime_checkable
+class KeptSweeps(Protocol):
+    """Engines whose ``Cov(z) v`` can reuse what ``sample_and_marginals`` computed (SIMPLE's backward)."""
+
+    def sample_and_marginals_kept(self, theta: Tensor, k: Tensor, K: int, u: Tensor) -> tuple[Tensor, Tensor, Any]:
+        """``sample_and_marginals_given`` and an engine-specific state (None: nothing worth keeping)."""
+
+    def cov_vec_kept(self, theta: Tensor, k: Tensor, K: int, v: Tensor, kept: Any) -> Tensor:
+        """``cov_vec`` for the same ``theta`` and ``k``, given the state (not None) of that forward."""
 
 
 _BUILTIN: dict[str, ModuleType] = {"reference": reference, "tree": tree}

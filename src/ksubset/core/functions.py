@@ -213,6 +213,35 @@ class _EntropyFused(torch.autograd.Function):
         return (grad * _zeros_if_none(t_theta, grad)).sum(-1)
 
 
+class _SampleAndMarginalsKept(torch.autograd.Function):
+    """Eager, first-order fast path of :class:`_SampleAndMarginals`: the engine's forward returns what its
+    ``Cov(z) v`` reuses (see :func:`.ops.kept_sweeps`); a backward that builds a graph recomputes through the
+    differentiable operators. Used only outside ``torch.func`` transforms (see :func:`sample_and_marginals`).
+    """
+
+    @staticmethod
+    def forward(ctx, theta, k, u, engine, sweeps):
+        forward, ctx.backward_sweep = sweeps
+        z, mu, ctx.kept = forward(theta, k, u)
+        ctx.engine = engine
+        ctx.save_for_backward(theta, k)
+        ctx.save_for_forward(theta, k)
+        ctx.mark_non_differentiable(z)
+        return z, mu
+
+    @staticmethod
+    def backward(ctx, _gz, g_mu):
+        theta, k = ctx.saved_tensors
+        if torch.is_grad_enabled() or ctx.kept is None:  # a graph of the gradient, or nothing kept
+            return _D.marginals(theta, k, ctx.engine, g_mu), None, None, None, None
+        return ctx.backward_sweep(theta, k, g_mu, ctx.kept), None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, t_theta, _tk, _tu, _te, _ts):
+        theta, k = ctx.saved_tensors
+        return None, cov_vec(theta, k, _zeros_if_none(t_theta, theta), ctx.engine)
+
+
 class _SampleAndMarginals(torch.autograd.Function):
     generate_vmap_rule = True
 
@@ -279,7 +308,12 @@ def sample(theta: Tensor, k: Tensor, u: Tensor, engine: str) -> Tensor:
 
 
 def sample_and_marginals(theta: Tensor, k: Tensor, u: Tensor, engine: str) -> tuple[Tensor, Tensor]:
-    """Draws ``[S, B, n]`` and differentiable marginals ``[B, n]`` from one pass."""
+    """Draws ``[S, B, n]`` and differentiable marginals ``[B, n]`` from one pass (in plain eager mode with a
+    gradient to come, the backward reuses the pass's tilt where the engine can)."""
+    if theta.requires_grad and torch.is_grad_enabled() and ops.direct(theta, k, u):
+        sweeps = ops.kept_sweeps(engine, theta.device)
+        if sweeps is not None:
+            return _SampleAndMarginalsKept.apply(theta, k, u, engine, sweeps)
     if _eager():
         return _apply(_SampleAndMarginals, theta, k, u, engine)
     return ops.sample_and_marginals(theta, k, u, engine)

@@ -263,6 +263,30 @@ def fused_entropy(engine: str, device: torch.device) -> Callable[[Tensor, Tensor
     return lambda theta, k: fn(theta, k, _K(k, engine))
 
 
+def kept_sweeps(engine: str, device: torch.device):
+    """For engines that offer it, ``(forward, backward)``: ``forward(theta, k, u) -> (z, mu, kept)`` is
+    ``sample_and_marginals`` that also returns what ``backward(theta, k, v, kept) -> Cov(z) v`` reuses (the
+    tilt, or the categorical's probabilities), so a first-order backward does not redo the forward's work.
+    None for the other engines. Not operators: :mod:`.functions` uses them in plain eager mode only.
+    """
+    eng = _engine(engine, device)
+    fwd = getattr(eng, "sample_and_marginals_kept", None)
+    if fwd is None:
+        return None
+    bwd = eng.cov_vec_kept
+    K: int | None = None
+
+    def forward(theta: Tensor, k: Tensor, u: Tensor):
+        nonlocal K
+        K = _K(k, engine)  # the host read, once for both
+        return fwd(theta, k, K, u)
+
+    def backward(theta: Tensor, k: Tensor, v: Tensor, kept) -> Tensor:
+        return bwd(theta, k, K, v.contiguous(), kept).contiguous()
+
+    return forward, backward
+
+
 def _sample(theta: Tensor, k: Tensor, u: Tensor, engine: str) -> Tensor:
     return _engine(engine, theta.device).sample_given(theta, k, _K(k, engine), u).contiguous()
 

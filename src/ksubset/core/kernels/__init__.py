@@ -61,6 +61,8 @@ __all__ = [
     "sample_given",
     "sample_and_marginals",
     "sample_and_marginals_given",
+    "sample_and_marginals_kept",
+    "cov_vec_kept",
     "FALLBACK_POLICY",
     "KernelFallbackError",
     "KernelFallbackWarning",
@@ -143,6 +145,7 @@ def _run_rows(fn, B: int, n: int, K: int, *args, align: int = 1) -> None:
 
 
 _NO_U = np.zeros((0, 1, 1))
+_NO_TILT = np.zeros((3, 1, 1))
 
 
 def _sweep(
@@ -150,6 +153,23 @@ def _sweep(
 ):
     """Samples ``[S, B, n]``, marginals ``[B, n]`` (``[B, 1]`` unless ``want_mu``), ``Cov v`` (``[B, 1]`` unless
     ``v`` is given) and entropies ``[B]`` (``[1]`` unless ``want_h``) from one sweep per row."""
+    return _sweep_tilted(theta, k, K, want_mu, v, u, want_h)[:4]
+
+
+def _sweep_tilted(
+    theta: Tensor,
+    k: Tensor,
+    K: int,
+    want_mu: bool,
+    v: Tensor | None,
+    u: np.ndarray | None,
+    want_h: bool = False,
+    keep_tilt: bool = False,
+    tilt: np.ndarray | None = None,
+):
+    """:func:`_sweep`, plus the tilt: with ``keep_tilt`` the lanes layout also returns the tilted ``p``, ``q``
+    and logits as ``[3, B, n]`` float64 (None in the per-row layout, which does not keep them); given that
+    array as ``tilt`` (same ``theta`` and ``k``), the sweep reuses it instead of tilting again."""
     _require()
     want_mu = want_mu or want_h
     B, n = theta.shape
@@ -167,8 +187,16 @@ def _sweep(
     ok = np.ones(B, np.bool_)
     dense = 0 < K <= DENSE_MAX_K
     args = (th, kk, K, want_mu, want_cov, want_h, vv, uu, z, mu, cov, h, ok)
+    kept = None
     if _use_lanes(B, n, K):
-        _run_rows(_lanes_rows, B, n, K, *args, align=LANES)
+        if tilt is not None:
+            mode, T = 2, tilt
+        elif keep_tilt:
+            mode, T = 1, np.empty((3, B, n))
+            kept = T
+        else:
+            mode, T = 0, _NO_TILT
+        _run_rows(_lanes_rows, B, n, K, *args, mode, T, align=LANES)
     else:
         s = _block_size(n, K, TABLE_LIMIT)
         _run_rows(_sweep_rows, B, n, K, th, kk, K, s, *args[3:], dense)
@@ -176,7 +204,7 @@ def _sweep(
     if not ok.all():  # a safety net (see .fallback)
         _fb.report("the sweep", int((~ok).sum()), FALLBACK_POLICY)
         zt, mut, covt, ht = _fb.recompute_sweep(theta, k, K, want_mu, v, u, want_h, ok, zt, mut, covt, ht)
-    return zt, mut, covt, ht
+    return zt, mut, covt, ht, kept
 
 
 def uniforms(theta: Tensor, num_samples: int, generator=None) -> Tensor:
@@ -248,6 +276,18 @@ def sample_and_marginals_given(theta: Tensor, k: Tensor, K: int, u: Tensor):
     """One forward pass and one sweep shared by a draw ``[S, B, n]`` (from ``u``) and the marginals."""
     z, mu, _, _ = _sweep(theta, k, K, True, None, _as_f64(u))
     return z, mu.to(theta.dtype)
+
+
+def sample_and_marginals_kept(theta: Tensor, k: Tensor, K: int, u: Tensor):
+    """:func:`sample_and_marginals_given` and what :func:`cov_vec_kept` reuses (the tilt, or None)."""
+    z, mu, _, _, kept = _sweep_tilted(theta, k, K, True, None, _as_f64(u), keep_tilt=True)
+    return z, mu.to(theta.dtype), kept
+
+
+def cov_vec_kept(theta: Tensor, k: Tensor, K: int, v: Tensor, kept) -> Tensor:
+    """:func:`cov_vec`, reusing the tilt that :func:`sample_and_marginals_kept` returned for these logits."""
+    _, _, cov, _, _ = _sweep_tilted(theta, k, K, False, v, None, tilt=kept)
+    return cov.to(theta.dtype)
 
 
 def sample_and_marginals(theta: Tensor, k: Tensor, K: int, num_samples: int, generator=None):

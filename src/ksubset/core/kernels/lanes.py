@@ -209,10 +209,45 @@ def _lanes_tilt(theta, k, b0, b1, P, Q, Y, E, kl, ml, st, idx, x, p, q):
 
 
 @_raw
-def _lanes_group(theta, k, K, want_mu, want_cov, want_h, v, u, z, mu_out, cov_out, h_out, ok, b0, b1, ws):
+def _lanes_store(b0, b1, T, P, Q, Y):
+    """Keep the tilt of rows ``b0..b1-1``: ``T[0 / 1 / 2, b] = P / Q / Y[:, lane]`` (for a later sweep)."""
+    for w in range(b1 - b0):
+        for i in range(P.shape[0]):
+            T[0, b0 + w, i] = P[i, w]
+            T[1, b0 + w, i] = Q[i, w]
+            T[2, b0 + w, i] = Y[i, w]
+
+
+@_raw
+def _lanes_load(theta, k, b0, b1, T, P, Q, Y, kl, ml):
+    """The tilt of rows ``b0..b1-1`` as :func:`_lanes_store` kept it (``kl``/``ml`` recounted from ``theta``)."""
+    n = theta.shape[1]
+    for w in range(_LANES):
+        b = b0 + w
+        m = 0
+        if b < b1:
+            for i in range(n):
+                m += theta[b, i] > -np.inf
+        ml[w] = m
+        kl[w] = k[b] if b < b1 and 0 < k[b] < m else 0
+        for i in range(n):
+            if kl[w] > 0:
+                P[i, w] = T[0, b, i]
+                Q[i, w] = T[1, b, i]
+                Y[i, w] = T[2, b, i]
+            else:
+                P[i, w] = 0.0
+                Q[i, w] = 1.0
+                Y[i, w] = -np.inf
+
+
+@_raw
+def _lanes_group(theta, k, K, want_mu, want_cov, want_h, v, u, z, mu_out, cov_out, h_out, ok, mode, T, b0, b1, ws):
     """Rows ``b0 .. b1-1`` (at most ``LANES``) of the sweep, side by side, in the work space ``ws`` (a
     :data:`LanesWorkspace`). Writes the rows' samples ``z[:, b]``, ``mu_out[b]``, ``cov_out[b]``, ``h_out[b]``
-    and ``ok[b]`` (False: the caller falls back to the tree engine)."""
+    and ``ok[b]`` (False: the caller falls back to the tree engine). ``mode`` 0 tilts, 1 tilts and keeps the
+    tilt in ``T [3, B, n]`` (see :func:`_lanes_store`), 2 takes the tilt from ``T`` (a sweep on the same
+    logits that already tilted them: no exp, no Newton iteration)."""
     P, Q, Y, Wt, A, G, R, H = ws.P, ws.Q, ws.Y, ws.Wt, ws.A, ws.G, ws.R, ws.H
     Pt, Qt, Ht, need, kl, ml = ws.Pt, ws.Qt, ws.Ht, ws.need, ws.kl, ws.ml
     zinv, gbar, dd, ddg = ws.zinv, ws.gbar, ws.dd, ws.ddg
@@ -221,7 +256,12 @@ def _lanes_group(theta, k, K, want_mu, want_cov, want_h, v, u, z, mu_out, cov_ou
     with_g = want_cov
     L = _LANES
     F = (K + 2) * L
-    _lanes_tilt(theta, k, b0, b1, P, Q, Y, ws.E, kl, ml, ws.st, ws.idx, ws.x, ws.p, ws.q)
+    if mode == 2:
+        _lanes_load(theta, k, b0, b1, T, P, Q, Y, kl, ml)
+    else:
+        _lanes_tilt(theta, k, b0, b1, P, Q, Y, ws.E, kl, ml, ws.st, ws.idx, ws.x, ws.p, ws.q)
+        if mode == 1:
+            _lanes_store(b0, b1, T, P, Q, Y)
     if with_g:  # v centred by its tilted mean, per lane (0 on unavailable items)
         for w in range(L):
             if kl[w] == 0:  # a dummy lane (past b1, or a trivial row)
@@ -362,7 +402,7 @@ def _lanes_group(theta, k, K, want_mu, want_cov, want_h, v, u, z, mu_out, cov_ou
 
 
 @_jit
-def _lanes_rows(theta, k, K, want_mu, want_cov, want_h, v, u, z, mu_out, cov_out, h_out, ok, b0, b1):
+def _lanes_rows(theta, k, K, want_mu, want_cov, want_h, v, u, z, mu_out, cov_out, h_out, ok, mode, T, b0, b1):
     """Rows ``b0 .. b1-1`` in groups of ``LANES`` (one work space for all the groups)."""
     n = theta.shape[1]
     S = u.shape[0]
@@ -397,5 +437,6 @@ def _lanes_rows(theta, k, K, want_mu, want_cov, want_h, v, u, z, mu_out, cov_out
     )
     for g0 in range(b0, b1, L):
         _lanes_group(
-            theta, k, K, want_mu, want_cov, want_h, v, u, z, mu_out, cov_out, h_out, ok, g0, min(g0 + L, b1), ws
+            theta, k, K, want_mu, want_cov, want_h, v, u, z, mu_out, cov_out, h_out, ok, mode, T, g0, min(g0 + L, b1),
+            ws,
         )
