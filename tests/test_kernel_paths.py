@@ -167,6 +167,19 @@ def test_paths_agree_with_reference(path, K):
     assert ((freq - mu_ref).abs() <= 5 * sd + 1.0 / S).all()
 
 
+def test_lanes_entropy_of_rows_longer_than_its_product_run():
+    """The lanes layout takes the logarithms in the entropy of runs of 512 items at once: rows of 1100 items
+    (three runs, the last one partial) against the reference engine."""
+    g = torch.Generator().manual_seed(0)
+    theta = torch.randn(3, 1100, generator=g, dtype=torch.float64) * 3
+    theta[1, ::7] = -float("inf")
+    k = torch.tensor([3, 2, 1])
+    assert kernels._use_lanes(3, 1100, 3)
+    fin = torch.where(torch.isfinite(theta), theta, 0.0)
+    tol = 1100 * (1.0 + _spread(theta)) * EPS64 * (1 + float(fin.abs().sum()))
+    torch.testing.assert_close(kernels.entropy(theta, k, 3), reference.entropy(theta, k, 3), rtol=0, atol=tol)
+
+
 def test_lanes_rows_use_their_own_uniforms(monkeypatch):
     """Eight identical rows in one lanes group, different uniforms: the draws must differ from row to row and
     each row's draw must be the one the per-row kernel makes from that row's uniforms."""
