@@ -213,6 +213,36 @@ class _EntropyFused(torch.autograd.Function):
         return (grad * _zeros_if_none(t_theta, grad)).sum(-1)
 
 
+class _KLFused(torch.autograd.Function):
+    """Eager fast path of ``KL(p_theta || p_phi)`` on the same free items (see :func:`.ops.fused_kl`): one sweep
+    per distribution gives the value and both gradients, which a first-order backward reuses; a backward that
+    builds a graph recomputes them through the differentiable operators."""
+
+    @staticmethod
+    def forward(ctx, theta, phi, k, engine, fused):
+        value, d_theta, d_phi = fused(theta, phi, k)
+        ctx.engine = engine
+        ctx.save_for_backward(theta, phi, k, d_theta, d_phi)
+        ctx.save_for_forward(theta, phi, k, d_theta, d_phi)
+        return value
+
+    @staticmethod
+    def backward(ctx, g):
+        theta, phi, k, d_theta, d_phi = ctx.saved_tensors
+        if torch.is_grad_enabled():  # a graph of the gradient is wanted: the differentiable formulas
+            free = torch.isfinite(theta)
+            d_theta = cov_vec(theta, k, torch.where(free, theta - phi, 0.0), ctx.engine)
+            d_phi = marginals(phi, k, ctx.engine) - marginals(theta, k, ctx.engine)
+        g = g.unsqueeze(-1).to(d_theta.dtype)
+        return g * d_theta, g * d_phi, None, None, None
+
+    @staticmethod
+    def jvp(ctx, t_theta, t_phi, _tk, _te, _tf):
+        _theta, _phi, _k, d_theta, d_phi = ctx.saved_tensors
+        out = (d_theta * _zeros_if_none(t_theta, d_theta)).sum(-1) + (d_phi * _zeros_if_none(t_phi, d_phi)).sum(-1)
+        return out.to(torch.float64)
+
+
 class _SampleAndMarginalsKept(torch.autograd.Function):
     """Eager, first-order fast path of :class:`_SampleAndMarginals`: the engine's forward returns what its
     ``Cov(z) v`` reuses (see :func:`.ops.kept_sweeps`); a backward that builds a graph recomputes through the
@@ -299,6 +329,18 @@ def entropy(theta: Tensor, k: Tensor, engine: str) -> Tensor:
         if fused is not None:
             return _EntropyFused.apply(theta, k, engine, fused)
     return _apply(_Entropy, theta, k, engine) if _eager() else ops.entropy(theta, k, engine)
+
+
+def kl_divergence(theta: Tensor, phi: Tensor, k: Tensor, engine: str) -> Tensor | None:
+    """``KL(p_theta || p_phi)`` ``[B]`` (float64) of two problems with the same free items, from one sweep per
+    distribution, where the engine offers it in plain eager mode; None otherwise (the caller composes it
+    from marginals and log-partitions)."""
+    if not ops.direct(theta, phi, k):
+        return None
+    fused = ops.fused_kl(engine, theta.device)
+    if fused is None:
+        return None
+    return _KLFused.apply(theta, phi, k, engine, fused)
 
 
 def sample(theta: Tensor, k: Tensor, u: Tensor, engine: str) -> Tensor:

@@ -246,6 +246,16 @@ def kl_uniform(logits: Tensor, k: int | Tensor, mask: Tensor | None = None) -> T
     return (log_binom - _entropy(P)).reshape(P.batch_shape).to(P.dtype)
 
 
+def _same_free_problem(P: Problem, Q: Problem) -> bool:
+    """Whether ``P`` and ``Q`` choose among the same free items with the same forced ones (and neither needed
+    the limit rule): then KL is that of the two free problems (one host read)."""
+    if P.limit is not None or Q.limit is not None or P.engine != Q.engine:
+        return False
+    if P.none_forced and Q.none_forced:
+        return bool(torch.equal(P.free, Q.free))
+    return bool(torch.equal(P.free, Q.free) and torch.equal(P.forced, Q.forced))
+
+
 def kl_divergence(
     p_logits: Tensor, q_logits: Tensor, k: int | Tensor, mask: Tensor | None = None
 ) -> Tensor:
@@ -264,8 +274,14 @@ def kl_divergence(
         ) from None
     if p_logits.shape[-1] != q_logits.shape[-1]:
         raise ValueError("p_logits and q_logits must have the same number of items (last dimension)")
-    P, _ = _tilted(prepare(p_logits.expand(shape), k, mask, name="p_logits"))
-    Q, c_q = _tilted(prepare(q_logits.expand(shape), k, mask, name="q_logits"))
+    P0 = prepare(p_logits.expand(shape), k, mask, name="p_logits")
+    Q0 = prepare(q_logits.expand(shape), k, mask, name="q_logits")
+    if _same_free_problem(P0, Q0):
+        fused = functions.kl_divergence(P0.theta, Q0.theta.to(P0.theta.dtype), P0.k, P0.engine)
+        if fused is not None:
+            return fused.reshape(P0.batch_shape).to(P0.dtype)
+    P, _ = _tilted(P0)
+    Q, c_q = _tilted(Q0)
     mu = _free_marginals(P) + P.forced.to(P.theta.dtype)
     # KL is invariant to shifting theta and phi separately, so the tilted logits may be used.
     kl = ((_theta_or_zero(P) - _theta_or_zero(Q).to(P.theta.dtype)) * mu).sum(-1) - _log_z(P)

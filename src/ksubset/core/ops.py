@@ -263,6 +263,34 @@ def fused_entropy(engine: str, device: torch.device) -> Callable[[Tensor, Tensor
     return lambda theta, k: fn(theta, k, _K(k, engine))
 
 
+def fused_kl(engine: str, device: torch.device):
+    """For engines that offer it, ``(theta, phi, k) -> (KL [B], dKL/dtheta [B, n], dKL/dphi [B, n])`` of
+    ``KL(p_theta || p_phi)`` on the same free items (``-inf`` on the same others), from one sweep per
+    distribution, else None. Not an operator: :mod:`.functions` uses it in plain eager mode only.
+
+    ``KL = H(q) - H(p) + phi' . (mu_q - mu_p)`` with ``phi'`` the free logits minus their mean (exact: both
+    marginal vectors sum to ``k``; the centring keeps a large common offset out of the dot product), in float64;
+    ``dKL/dtheta = Cov_p (theta - phi)`` and ``dKL/dphi = mu_q - mu_p``.
+    """
+    eng = _engine(engine, device)
+    fn = getattr(eng, "entropy_marginals_cov", None)
+    if fn is None:
+        return None
+
+    def kl(theta: Tensor, phi: Tensor, k: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        K = _K(k, engine)
+        free = torch.isfinite(theta)
+        h_p, mu_p, d_theta = fn(theta, k, K, torch.where(free, theta - phi, 0.0))
+        h_q, mu_q, _ = fn(phi, k, K, None)
+        phi64 = torch.where(free, phi.to(torch.float64), 0.0)
+        centred = torch.where(free, phi64 - phi64.sum(-1, keepdim=True) / free.sum(-1, keepdim=True).clamp_min(1), 0.0)
+        d_phi = mu_q - mu_p
+        value = h_q - h_p + (centred * d_phi).sum(-1)
+        return value, d_theta.to(theta.dtype), d_phi.to(theta.dtype)
+
+    return kl
+
+
 def kept_sweeps(engine: str, device: torch.device):
     """For engines that offer it, ``(forward, backward)``: ``forward(theta, k, u) -> (z, mu, kept)`` is
     ``sample_and_marginals`` that also returns what ``backward(theta, k, v, kept) -> Cov(z) v`` reuses (the

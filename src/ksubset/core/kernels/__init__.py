@@ -56,6 +56,7 @@ __all__ = [
     "cov_vec",
     "entropy",
     "entropy_with_grad",
+    "entropy_marginals_cov",
     "uniforms",
     "sample",
     "sample_given",
@@ -259,6 +260,13 @@ def entropy_with_grad(theta: Tensor, k: Tensor, K: int) -> tuple[Tensor, Tensor]
     v = torch.where(torch.isfinite(theta), theta, 0.0)
     _, _, cov, h = _sweep(theta, k, K, True, v, None, want_h=True)
     return h.to(theta.dtype), cov.neg_().to(theta.dtype)
+
+
+def entropy_marginals_cov(theta: Tensor, k: Tensor, K: int, v: Tensor | None):
+    """Entropy ``[B]``, marginals ``[B, n]`` and ``Cov(z) v`` ``[B, n]`` (None without ``v``) from one sweep,
+    in float64 (callers that take differences of entropies keep the precision)."""
+    _, mu, cov, h = _sweep(theta, k, K, True, v, None, want_h=True)
+    return h, mu, (cov if v is not None else None)
 
 
 def sample_given(theta: Tensor, k: Tensor, K: int, u: Tensor) -> Tensor:
