@@ -6,7 +6,6 @@ difference between the ranks' parameters.
 """
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import torch.distributed as dist
 
 from ksubset.experiments.vae.data import synthetic_mnist
 from ksubset.experiments.vae.methods import METHODS
-from ksubset.experiments.vae.train import Trainer, init_distributed
+from ksubset.experiments.vae.train import Trainer, finish_distributed, init_distributed
 
 out = Path(sys.argv[1])
 torch.set_num_threads(1)
@@ -34,11 +33,5 @@ if env.main:
     diff = max(float((g - gathered[0]).abs().max()) for g in gathered)
     (out / "result.json").write_text(json.dumps({"world": env.world, "before": before, "after": after,
                                                  "param_diff": diff, "epochs": trainer.epoch}))
-dist.barrier()  # every rank done with the group before any tears it down
-dist.destroy_process_group()
-# Skip the interpreter's teardown: on a loaded machine a rank sometimes aborts there ("terminate called without
-# an active exception", no Python frame left) after all its work is done; seen with this worker before any
-# change of this session and not with a plain gloo + DDP script, cause not found. The test checks result.json.
-sys.stdout.flush()
-sys.stderr.flush()
-os._exit(0)
+del trainer  # (the DDP module holds the process group: see finish_distributed)
+finish_distributed(env)

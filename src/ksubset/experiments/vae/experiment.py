@@ -26,7 +26,7 @@ from ..common import RunContext, int_arg
 from .data import load_mnist, synthetic_mnist
 from .methods import K1_METHODS, K10_METHODS, METHODS
 from .report import write_report
-from .train import Trainer, init_distributed
+from .train import Trainer, finish_distributed, init_distributed
 
 QUICK: dict[str, Any] = {
     "methods": K10_METHODS + K1_METHODS, "epochs": 2, "epochs_k1": 2, "train_size": 3000, "test_size": 1000,
@@ -132,6 +132,16 @@ def _iwae_now(ctx: RunContext, cfg: dict[str, Any], data, env) -> None:
 def run(ctx: RunContext) -> dict[str, Any]:
     cfg = _config(ctx)
     env = init_distributed(cfg["device"])
+    succeeded = False
+    try:
+        out = _run(ctx, cfg, env)
+        succeeded = True
+        return out
+    finally:
+        finish_distributed(env, succeeded=succeeded)
+
+
+def _run(ctx: RunContext, cfg: dict[str, Any], env) -> dict[str, Any]:
     report_only = bool(ctx.options.get("report_only"))
     images = not (report_only and ctx.options.get("no_images"))
     data = _load_data(cfg) if (not report_only or images or ctx.options.get("iwae_now")) else None
