@@ -22,6 +22,11 @@ per step:
 Cost per row, in passes of ``m k`` multiply-adds: ``log_partition`` 1; ``marginals``, ``entropy`` and
 ``sample_and_marginals`` 3 (4 with checkpoints); ``sample`` 1 (2); ``cov_vec`` 7 (9). Peak memory with
 checkpoints is ``O(sqrt(n) k)`` per row in flight (16 MB at ``n = 10^6, k = 1000``).
+
+Fused calls (one sweep where separate calls would take two or three): :func:`entropy_with_grad` (``H`` and
+``-Cov(z) theta``), :func:`entropy_marginals_cov` (what ``kl_divergence`` needs of each distribution), and
+:func:`sample_and_marginals_kept` / :func:`cov_vec_kept` (the lanes layout keeps its tilt ``[3, B, n]`` for
+SIMPLE's backward). :mod:`..functions` uses them in plain eager mode for first-order backward passes.
 """
 
 from __future__ import annotations
