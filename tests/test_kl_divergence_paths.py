@@ -107,3 +107,13 @@ def test_different_free_items_take_the_general_path(engine):
     assert torch.isinf(kl[1]) and kl[1] > 0
     ref = _oracle(theta[[0, 2]], phi[[0, 2]], k[[0, 2]])[0]
     np.testing.assert_allclose(kl[[0, 2]].numpy(), ref, rtol=1e-9, atol=1e-10)
+
+
+def test_without_gradients_the_value_is_the_same(engine):
+    """Under ``no_grad`` (or on tensors that do not require grad) the fused path skips the covariance sweep."""
+    theta, phi, k = _pair(7, 9, seed=8)
+    with torch.no_grad():
+        plain = ksubset.kl_divergence(theta, phi, k)
+    graded = ksubset.kl_divergence(theta.clone().requires_grad_(True), phi, k).detach()
+    np.testing.assert_allclose(plain.numpy(), graded.numpy(), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(plain.numpy(), _oracle(theta, phi, k)[0], rtol=1e-9, atol=1e-10)

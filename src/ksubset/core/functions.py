@@ -340,6 +340,8 @@ def kl_divergence(theta: Tensor, phi: Tensor, k: Tensor, engine: str) -> Tensor 
     fused = ops.fused_kl(engine, theta.device)
     if fused is None:
         return None
+    if not (torch.is_grad_enabled() and (theta.requires_grad or phi.requires_grad)):
+        return fused(theta, phi, k, with_grad=False)[0]
     return _KLFused.apply(theta, phi, k, engine, fused)
 
 

@@ -277,16 +277,18 @@ def fused_kl(engine: str, device: torch.device):
     if fn is None:
         return None
 
-    def kl(theta: Tensor, phi: Tensor, k: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def kl(theta: Tensor, phi: Tensor, k: Tensor, with_grad: bool = True):
+        """``(KL, dKL/dtheta, dKL/dphi)``; without ``with_grad`` the first sweep skips ``Cov_p`` (then
+        ``dKL/dtheta`` is None)."""
         K = _K(k, engine)
         free = torch.isfinite(theta)
-        h_p, mu_p, d_theta = fn(theta, k, K, torch.where(free, theta - phi, 0.0))
+        h_p, mu_p, d_theta = fn(theta, k, K, torch.where(free, theta - phi, 0.0) if with_grad else None)
         h_q, mu_q, _ = fn(phi, k, K, None)
         phi64 = torch.where(free, phi.to(torch.float64), 0.0)
         centred = torch.where(free, phi64 - phi64.sum(-1, keepdim=True) / free.sum(-1, keepdim=True).clamp_min(1), 0.0)
         d_phi = mu_q - mu_p
         value = h_q - h_p + (centred * d_phi).sum(-1)
-        return value, d_theta.to(theta.dtype), d_phi.to(theta.dtype)
+        return value, (d_theta.to(theta.dtype) if d_theta is not None else None), d_phi.to(theta.dtype)
 
     return kl
 
