@@ -180,6 +180,19 @@ def test_lanes_entropy_of_rows_longer_than_its_product_run():
     torch.testing.assert_close(kernels.entropy(theta, k, 3), reference.entropy(theta, k, 3), rtol=0, atol=tol)
 
 
+def test_lanes_log_partition_of_every_kind_of_row():
+    """The lanes layout's log Z (tilt and forward table only): ordinary rows, k = 0, k = m (every free item),
+    a row spanning more than the vectorised tilt's 1200 nats, and masked items, against the reference."""
+    g = torch.Generator().manual_seed(3)
+    theta = torch.randn(11, 9, generator=g, dtype=torch.float64) * 2
+    theta[1, ::3] = -float("inf")  # 6 free items
+    theta[4, 0] = 1500.0  # a wide row
+    k = torch.tensor([3, 6, 0, 9, 4, 1, 8, 2, 5, 7, 3])  # row 1: k = m; row 2: k = 0; row 3: k = n
+    assert kernels._use_lanes(11, 9, 9)
+    torch.testing.assert_close(kernels.log_partition(theta, k, 9), reference.log_partition(theta, k, 9),
+                               rtol=1e-12, atol=1e-12)
+
+
 def test_lanes_rows_use_their_own_uniforms(monkeypatch):
     """Eight identical rows in one lanes group, different uniforms: the draws must differ from row to row and
     each row's draw must be the one the per-row kernel makes from that row's uniforms."""

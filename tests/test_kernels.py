@@ -289,6 +289,10 @@ def _broken_log_z_rows(theta, k, K, out, dense, b0, b1):
     out[b0:b1] = np.nan
 
 
+def _broken_lanes_log_z_rows(theta, k, K, out, b0, b1):
+    out[b0:b1] = np.nan
+
+
 @pytest.mark.kernel_fallback
 def test_fallback_policy(monkeypatch):
     """A row the kernel cannot compute is counted, and warned about / refused / recomputed as the policy says."""
@@ -296,6 +300,8 @@ def test_fallback_policy(monkeypatch):
     k = torch.tensor([1, 4, 9])
     expected = tree.log_partition(theta, k, 9)
     monkeypatch.setattr(kernels, "_log_z_rows", _broken_log_z_rows)
+    monkeypatch.setattr(kernels, "_lanes_log_z_rows", _broken_lanes_log_z_rows)  # (3 rows: the lanes layout)
+    assert kernels._use_lanes(3, 10, 9)
     before = kernels.fallback_count()
     with pytest.warns(kernels.KernelFallbackWarning, match="3 row"):
         torch.testing.assert_close(kernels.log_partition(theta, k, 9), expected)

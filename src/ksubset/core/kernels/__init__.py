@@ -50,7 +50,7 @@ except ImportError:  # pragma: no cover - exercised only without numba
 
 if numba is not None:
     from .forward import _block_size, _log_z_rows
-    from .lanes import LANES, _lanes_rows
+    from .lanes import LANES, _lanes_log_z_rows, _lanes_rows
     from .rows import _sweep_rows
 
 __all__ = [
@@ -225,7 +225,10 @@ def log_partition(theta: Tensor, k: Tensor, K: int) -> Tensor:
     B, n = theta.shape
     out = np.empty(B)
     th, kk = _as_f64(theta), _as_i64(k)
-    _run_rows(_log_z_rows, B, n, K, th, kk, int(K), out, 0 < K <= DENSE_MAX_K)
+    if _use_lanes(B, n, K):
+        _run_rows(_lanes_log_z_rows, B, n, K, th, kk, int(K), out, align=LANES)
+    else:
+        _run_rows(_log_z_rows, B, n, K, th, kk, int(K), out, 0 < K <= DENSE_MAX_K)
     res = torch.from_numpy(out)
     bad = ~torch.isfinite(res)
     if bad.any():  # a safety net (see .fallback)

@@ -202,7 +202,7 @@ def _lanes_tilt(theta, k, b0, b1, P, Q, Y, E, kl, ml, st, idx, x, p, q):
             Y[i, w] += c[w]
     for w in range(_LANES):  # the wide rows (so far dummies: Y = -inf gave p = 0, q = 1)
         if act[w] < 0.0:
-            m, _ = _setup(theta[b0 + w], kl[w], idx, x, p, q)
+            m, c[w] = _setup(theta[b0 + w], kl[w], idx, x, p, q)
             for j in range(m):
                 P[idx[j], w] = p[j]
                 Q[idx[j], w] = q[j]
@@ -396,9 +396,9 @@ def _lanes_group(theta, k, K, want_mu, want_cov, want_h, v, u, z, mu_out, cov_ou
 
 
 @_raw
-def _lanes_entropy(P, Q, Y, mu_out, zinv, kl, b0, b1, n, acc, prod, h_out):
-    """``H = log Pr(S = k) + sum_i softplus(y_i) - mu_i y_i`` per lane (see :func:`.backward._entropy_term`;
-    trivial and dummy lanes are left alone: their ``h_out`` stays 0).
+def _lanes_log_terms(P, Q, Y, mu_out, with_mu, b0, b1, n, acc, prod):
+    """Per lane, ``acc[w] = sum_i softplus(y_i)`` over the available items, minus ``sum_i mu_i y_i`` with
+    ``with_mu`` (the entropy's terms, see :func:`.backward._entropy_term`; ``log Z``'s without).
 
     With ``softplus(y) = max(y, 0) - log max(p, q)``, the logarithms of ``max(p, q) >= 1/2`` are taken of
     their products, a few hundred items at a time (no underflow), so the loop over items has no libm call and
@@ -412,26 +412,34 @@ def _lanes_entropy(P, Q, Y, mu_out, zinv, kl, b0, b1, n, acc, prod, h_out):
         for w in range(_LANES):
             y = Y[i, w]
             b = min(b0 + w, b1 - 1)  # (a dummy lane past b1 reads a real row; its result is discarded)
-            acc[w] += max(y, 0.0) - mu_out[b, i] * y if y > -np.inf else 0.0
+            mu = mu_out[b, i] if with_mu else 0.0
+            acc[w] += max(y, 0.0) - mu * y if y > -np.inf else 0.0
             prod[w] *= max(P[i, w], Q[i, w])
         if i % _PRODUCT_RUN == _PRODUCT_RUN - 1:
             for w in range(_LANES):
                 acc[w] -= math.log(prod[w])
                 prod[w] = 1.0
     for w in range(_LANES):
+        acc[w] -= math.log(prod[w])
+
+
+@_raw
+def _lanes_entropy(P, Q, Y, mu_out, zinv, kl, b0, b1, n, acc, prod, h_out):
+    """``H = log Pr(S = k) + sum_i softplus(y_i) - mu_i y_i`` per lane (trivial and dummy lanes are left
+    alone: their ``h_out`` stays 0)."""
+    _lanes_log_terms(P, Q, Y, mu_out, True, b0, b1, n, acc, prod)
+    for w in range(_LANES):
         b = b0 + w
         if b < b1 and kl[w] > 0 and zinv[w] > 0.0:
-            h_out[b] = -math.log(zinv[w]) + acc[w] - math.log(prod[w])
+            h_out[b] = -math.log(zinv[w]) + acc[w]
 
 
 @_jit
-def _lanes_rows(theta, k, K, want_mu, want_cov, want_h, v, u, z, mu_out, cov_out, h_out, ok, mode, T, b0, b1):
-    """Rows ``b0 .. b1-1`` in groups of ``LANES`` (one work space for all the groups)."""
-    n = theta.shape[1]
-    S = u.shape[0]
+def _lanes_workspace(n, K, S, want_cov):
+    """A :data:`LanesWorkspace` for one thread (``S`` samples per row)."""
     L = _LANES
     F = (K + 2) * L
-    ws = LanesWorkspace(
+    return LanesWorkspace(
         np.empty((n, L)),  # P
         np.empty((n, L)),  # Q
         np.empty((n, L)),  # Y
@@ -458,8 +466,46 @@ def _lanes_rows(theta, k, K, want_mu, want_cov, want_h, v, u, z, mu_out, cov_out
         np.empty((n, L)),  # E
         np.empty((8, L)),  # st
     )
-    for g0 in range(b0, b1, L):
+
+
+@_jit
+def _lanes_rows(theta, k, K, want_mu, want_cov, want_h, v, u, z, mu_out, cov_out, h_out, ok, mode, T, b0, b1):
+    """Rows ``b0 .. b1-1`` in groups of ``LANES`` (one work space for all the groups)."""
+    ws = _lanes_workspace(theta.shape[1], K, u.shape[0], want_cov)
+    for g0 in range(b0, b1, _LANES):
         _lanes_group(
-            theta, k, K, want_mu, want_cov, want_h, v, u, z, mu_out, cov_out, h_out, ok, mode, T, g0, min(g0 + L, b1),
-            ws,
+            theta, k, K, want_mu, want_cov, want_h, v, u, z, mu_out, cov_out, h_out, ok, mode, T, g0,
+            min(g0 + _LANES, b1), ws,
         )
+
+
+@_jit
+def _lanes_log_z_rows(theta, k, K, out, b0, b1):
+    """``log Z`` of rows ``b0 .. b1-1``, ``LANES`` at a time: the tilt and the forward table only, then
+    ``log Z = log Pr(S = k) + sum_i softplus(y_i) - c k`` (``y = theta + c`` the tilted logits). A row whose
+    ``Pr(S = k)`` is not a positive finite number gets NaN (the caller recomputes it)."""
+    n = theta.shape[1]
+    ws = _lanes_workspace(n, K, 0, False)
+    u = np.empty((0, 1, 1))
+    z = np.empty((0, 1, 1), np.int64)
+    one = np.empty((1, 1))
+    h = np.empty(1)
+    ok = np.ones(theta.shape[0], np.bool_)
+    T = np.empty((3, 1, 1))
+    for g0 in range(b0, b1, _LANES):
+        g1 = min(g0 + _LANES, b1)
+        _lanes_group(theta, k, K, False, False, False, theta, u, z, one, one, h, ok, 0, T, g0, g1, ws)
+        _lanes_log_terms(ws.P, ws.Q, ws.Y, one, False, g0, g1, n, ws.st[5], ws.st[6])
+        for w in range(g1 - g0):
+            b = g0 + w
+            if ws.kl[w] > 0:
+                zinv = ws.zinv[w]
+                out[b] = -math.log(zinv) + ws.st[5][w] - ws.st[0][w] * ws.kl[w] if zinv > 0.0 else np.nan
+            elif k[b] == 0:
+                out[b] = 0.0
+            else:  # k = m: every free item
+                tot = 0.0
+                for i in range(n):
+                    if theta[b, i] > -np.inf:
+                        tot += theta[b, i]
+                out[b] = tot
