@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import kernels
 from .numerics import rand
 
 __all__ = ["ONE", "ALL_BUT_ONE", "ClosedForm"]
@@ -77,10 +78,19 @@ def _free_or_zero(x: Tensor, free: Tensor) -> Tensor:
 
 class ClosedForm:
     """The engine contract of :mod:`.engine` for one of the two cases (``excluded`` False: the categorical
-    is on the chosen item; True: on the excluded one)."""
+    is on the chosen item; True: on the excluded one).
 
-    def __init__(self, excluded: bool):
+    With ``compiled`` (the default), rows that choose one item on the CPU (float32/float64, numba installed)
+    take :func:`.kernels.categorical` for the probabilities and the draw and :func:`.kernels.categorical_cov_vec`
+    for ``Cov(z) v``: one pass per row after PyTorch's exponentials, the same interval rule for the draw.
+    """
+
+    def __init__(self, excluded: bool, compiled: bool = True):
         self.excluded = excluded
+        self.compiled = compiled
+
+    def _compiled(self, theta: Tensor) -> bool:
+        return self.compiled and not self.excluded and kernels.supports(theta)
 
     def _categorical(self, theta: Tensor, k: Tensor) -> tuple[_Categorical, Tensor]:
         """The categorical and the free items (``theta > -inf``: canonical logits are finite or ``-inf``)."""
@@ -109,10 +119,14 @@ class ClosedForm:
 
     def marginals(self, theta: Tensor, k: Tensor, K: int | None = None) -> Tensor:
         """``Pr(z_i = 1)`` ``[B, n]``."""
+        if self._compiled(theta):
+            return kernels.categorical(theta, k != 0, None)[1]
         return self._marginals(*self._categorical(theta, k))
 
     def cov_vec(self, theta: Tensor, k: Tensor, K: int | None, v: Tensor) -> Tensor:
         """``Cov(z) v`` ``[B, n]`` (``Cov(free − onehot) = Cov(onehot)``)."""
+        if self._compiled(theta):
+            return kernels.categorical_cov_vec(kernels.categorical(theta, k != 0, None)[1], theta, v)
         cat, free = self._categorical(theta, k)
         return _cov_vec(cat.p, _free_or_zero(v.to(theta.dtype), free))
 
@@ -136,23 +150,33 @@ class ClosedForm:
 
     def sample_given(self, theta: Tensor, k: Tensor, K: int | None, u: Tensor) -> Tensor:
         """Exact draws ``[S, B, n]`` int64 from ``u [S, B, 1]``."""
+        if self._compiled(theta):
+            return kernels.categorical(theta, k != 0, u)[0]
         cat, free = self._categorical(theta, k)
         return self._draw(cat, free, u)
 
     def sample_and_marginals_given(self, theta: Tensor, k: Tensor, K: int | None, u: Tensor) -> tuple[Tensor, Tensor]:
         """``sample_given`` and ``marginals`` from one softmax."""
+        if self._compiled(theta):
+            return kernels.categorical(theta, k != 0, u)
         cat, free = self._categorical(theta, k)
         return self._draw(cat, free, u), self._marginals(cat, free)
 
     def sample_and_marginals_kept(self, theta: Tensor, k: Tensor, K: int | None, u: Tensor):
         """``sample_and_marginals_given`` and the categorical's probabilities ``[B, n]`` (what
-        :meth:`cov_vec_kept` reuses)."""
+        :meth:`cov_vec_kept` reuses); the draws in ``theta``'s dtype when compiled (where SIMPLE wants them),
+        else int64."""
+        if self._compiled(theta):
+            z, p = kernels.categorical(theta, k != 0, u, z_float=True)
+            return z, p, p
         cat, free = self._categorical(theta, k)
         return self._draw(cat, free, u), self._marginals(cat, free), cat.p
 
     def cov_vec_kept(self, theta: Tensor, k: Tensor, K: int | None, v: Tensor, kept: Tensor) -> Tensor:
         """``cov_vec`` from the probabilities :meth:`sample_and_marginals_kept` returned (0 off the free items,
         where they are 0)."""
+        if self._compiled(theta):
+            return kernels.categorical_cov_vec(kept, theta, v)
         return _cov_vec(kept, _free_or_zero(v.to(theta.dtype), theta > float("-inf")))
 
 

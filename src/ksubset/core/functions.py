@@ -257,11 +257,14 @@ class _SampleAndMarginalsKept(torch.autograd.Function):
         ctx.save_for_backward(theta, k)
         ctx.save_for_forward(theta, k)
         ctx.mark_non_differentiable(z)
+        ctx.set_materialize_grads(False)  # no zero gradient of the draws: [S, B, n], as big as the draws
         return z, mu
 
     @staticmethod
     def backward(ctx, _gz, g_mu):
         theta, k = ctx.saved_tensors
+        if g_mu is None:
+            return None, None, None, None, None
         if torch.is_grad_enabled() or ctx.kept is None:  # a graph of the gradient, or nothing kept
             return _D.marginals(theta, k, ctx.engine, g_mu), None, None, None, None
         return ctx.backward_sweep(theta, k, g_mu, ctx.kept), None, None, None, None

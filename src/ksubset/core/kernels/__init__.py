@@ -49,6 +49,7 @@ except ImportError:  # pragma: no cover - exercised only without numba
     numba = None  # type: ignore[assignment]
 
 if numba is not None:
+    from .categorical import _categorical_cov_rows, _categorical_rows
     from .forward import _block_size, _log_z_rows
     from .lanes import LANES, _lanes_log_z_rows, _lanes_rows
     from .rows import _sweep_rows
@@ -69,6 +70,8 @@ __all__ = [
     "sample_and_marginals_given",
     "sample_and_marginals_kept",
     "cov_vec_kept",
+    "categorical",
+    "categorical_cov_vec",
     "FALLBACK_POLICY",
     "KernelFallbackError",
     "KernelFallbackWarning",
@@ -130,6 +133,10 @@ def _as_f64(x: Tensor) -> np.ndarray:
     return x.detach().to(torch.float64).contiguous().numpy()
 
 
+def _as_same(x: Tensor) -> np.ndarray:
+    return x.detach().contiguous().numpy()
+
+
 def _as_i64(k: Tensor) -> np.ndarray:
     return k.detach().to(torch.int64).contiguous().numpy()
 
@@ -172,10 +179,12 @@ def _sweep_tilted(
     want_h: bool = False,
     keep_tilt: bool = False,
     tilt: np.ndarray | None = None,
+    z_dtype=np.int64,
 ):
     """:func:`_sweep`, plus the tilt: with ``keep_tilt`` the lanes layout also returns the tilted ``p``, ``q``
     and logits as ``[3, B, n]`` float64 (None in the per-row layout, which does not keep them); given that
-    array as ``tilt`` (same ``theta`` and ``k``), the sweep reuses it instead of tilting again."""
+    array as ``tilt`` (same ``theta`` and ``k``), the sweep reuses it instead of tilting again. The draws come
+    in ``z_dtype`` (a numpy dtype)."""
     _require()
     want_mu = want_mu or want_h
     B, n = theta.shape
@@ -186,7 +195,7 @@ def _sweep_tilted(
     vv = th if v is None else _as_f64(v)
     uu = _NO_U if u is None else u
     S = uu.shape[0]
-    z = np.zeros((S, B, n), np.int64)
+    z = np.zeros((S, B, n), z_dtype)
     mu = np.zeros((B, n) if want_mu else (B, 1))
     cov = np.zeros((B, n) if want_cov else (B, 1))
     h = np.zeros(B if want_h else 1)
@@ -295,8 +304,10 @@ def sample_and_marginals_given(theta: Tensor, k: Tensor, K: int, u: Tensor):
 
 
 def sample_and_marginals_kept(theta: Tensor, k: Tensor, K: int, u: Tensor):
-    """:func:`sample_and_marginals_given` and what :func:`cov_vec_kept` reuses (the tilt, or None)."""
-    z, mu, _, _, kept = _sweep_tilted(theta, k, K, True, None, _as_f64(u), keep_tilt=True)
+    """:func:`sample_and_marginals_given` (but the draws in ``theta``'s dtype, as SIMPLE uses them) and what
+    :func:`cov_vec_kept` reuses (the tilt, or None)."""
+    z_dtype = theta.detach().numpy().dtype
+    z, mu, _, _, kept = _sweep_tilted(theta, k, K, True, None, _as_f64(u), keep_tilt=True, z_dtype=z_dtype)
     return z, mu.to(theta.dtype), kept
 
 
@@ -309,3 +320,35 @@ def cov_vec_kept(theta: Tensor, k: Tensor, K: int, v: Tensor, kept) -> Tensor:
 def sample_and_marginals(theta: Tensor, k: Tensor, K: int, num_samples: int, generator=None):
     """One forward pass and one sweep shared by a draw ``[S, B, n]`` and the marginals ``[B, n]``."""
     return sample_and_marginals_given(theta, k, K, uniforms(theta, num_samples, generator))
+
+
+def categorical(theta: Tensor, active: Tensor, u: Tensor | None, z_float: bool = False) -> tuple[Tensor, Tensor]:
+    """Rows that choose one item: draws ``[S, B, n]`` int64 (in ``theta``'s dtype with ``z_float``; ``S = 0``
+    when ``u`` is None) and the probabilities ``softmax(theta)`` ``[B, n]`` in ``theta``'s dtype (0 on rows
+    where ``active`` is False).
+
+    ``theta [B, n]`` finite or ``-inf`` (an active row has a finite entry), ``active [B]`` bool, ``u [S, B, 1]``
+    uniforms in ``theta``'s dtype (one per row and draw, as :mod:`..closed_form` draws them).
+    """
+    _require()
+    B, n = theta.shape
+    th = _as_same(theta)
+    e = theta.detach().exp().contiguous().numpy()  # vectorised; rows out of range are redone by the kernel
+    lim = 80.0 if th.dtype == np.float32 else 700.0
+    uu = _NO_U[:, :, 0] if u is None else u.detach().reshape(u.shape[0], B).contiguous().numpy()
+    z = np.zeros((uu.shape[0], B, n), e.dtype if z_float else np.int64)
+    p = np.empty((B, n), e.dtype)
+    _run_rows(_categorical_rows, B, n, 1, th, e, active.contiguous().numpy(), uu, z, p, lim)
+    return torch.from_numpy(z), torch.from_numpy(p)
+
+
+def categorical_cov_vec(p: Tensor, theta: Tensor, v: Tensor) -> Tensor:
+    """``p (v - p . v)`` per row on the free items (``theta > -inf``), 0 elsewhere, ``[B, n]`` in ``p``'s
+    dtype: ``Cov(z) v`` for a categorical ``z`` with probabilities ``p [B, n]``."""
+    _require()
+    p = p.detach().contiguous()
+    B, n = p.shape
+    out = np.empty((B, n), p.numpy().dtype)
+    vv = v.detach().to(p.dtype).contiguous().numpy()
+    _run_rows(_categorical_cov_rows, B, n, 1, p.numpy(), _as_same(theta), vv, out)
+    return torch.from_numpy(out)
