@@ -16,7 +16,8 @@ per step:
 4. layouts: :mod:`.rows` one row at a time (*dense*: every count up to a multiple of 16 for
    ``K <= DENSE_MAX_K``; *banded* otherwise), or :mod:`.lanes` :data:`LANES` rows side by side (``K <=
    LANES_MAX_K`` with several rows);
-5. :mod:`.pool` spreads rows over ``torch.get_num_threads()`` threads; rows the kernel cannot compute are
+5. :mod:`.pool` spreads rows over ``torch.get_num_threads()`` threads (numba's OpenMP threads running the
+   :mod:`.parallel` twins of the kernels, else a Python thread pool); rows the kernel cannot compute are
    counted and recomputed by the tree engine (:mod:`.fallback`, :data:`FALLBACK_POLICY`).
 
 Cost per row, in passes of ``m k`` multiply-adds: ``log_partition`` 1; ``marginals``, ``entropy`` and
@@ -92,7 +93,7 @@ LANES_TABLE_LIMIT = 1 << 20
 #: Below this much work (``B n (K + 1)``) the kernels run on one thread (thread start-up costs more).
 PARALLEL_MIN_WORK = 1 << 17
 
-#: Row chunks per thread (claimed dynamically; see :func:`.pool.run_rows`).
+#: Row chunks per thread (see :func:`.pool.run_rows`).
 CHUNKS_PER_THREAD = 4
 
 #: What happens when a row cannot be computed by the kernel and is recomputed by the tree engine (the result
