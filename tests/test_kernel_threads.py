@@ -80,7 +80,7 @@ def test_openmp_twins_compute_what_one_thread_computes(monkeypatch):
         pytest.skip(f"numba's OpenMP layer is not available here (backend {pool.backend()!r})")
     expected = _serial(monkeypatch)
     used = []
-    twins = set(parallel.TWINS.values())
+    twins = set(parallel.TWINS.values()) - {parallel._halves_forward_par, parallel._halves_backward_par}
     for fn, twin in list(parallel.TWINS.items()):
 
         def counted(*args, _twin=twin):
@@ -168,3 +168,37 @@ def test_bounds_cover_every_row_once_on_aligned_boundaries():
                 assert b[0] == 0 and b[-1] == B and all(np.diff(b) >= 0)
                 assert all(x % align == 0 or x == B for x in b)
     assert np.diff(pool._bounds(1000, 8, 1)).max() <= 125
+
+
+def test_a_split_row_computes_the_same_on_openmp_and_on_the_pool(monkeypatch):
+    """One long row, its halves on two threads (:mod:`ksubset.core.kernels.split`): both backends give the
+    same bits, and each ran its halves' kernels."""
+    from ksubset.core.kernels import split
+
+    if pool.backend() != "openmp":
+        pytest.skip(f"numba's OpenMP layer is not available here (backend {pool.backend()!r})")
+    monkeypatch.setattr(kernels, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(split, "SPLIT_MIN_ITEMS", 0)
+    theta, k = _problem(1, 3000, 200, seed=20)
+    K = int(k.max())
+    u = kernels.uniforms(theta, 3, torch.Generator().manual_seed(21))
+    v = torch.randn(1, 3000, generator=torch.Generator().manual_seed(22), dtype=torch.float64)
+
+    def run():
+        return (*kernels.sample_and_marginals_given(theta, k, K, u), *kernels.entropy_marginals_cov(theta, k, K, v))
+
+    used = []
+    for fn in (split._halves_forward, split._halves_backward):
+        twin = parallel.TWINS[fn]
+        monkeypatch.setitem(parallel.TWINS, fn, lambda *a, _t=twin: (used.append(_t), _t(*a))[1])
+    on_openmp = run()
+    assert set(used) == {parallel._halves_forward_par, parallel._halves_backward_par}
+    monkeypatch.setattr(pool, "_backend", "python")
+    monkeypatch.setattr(pool, "_backend_pid", os.getpid())
+    calls = []
+    real = pool._run_on_pool
+    monkeypatch.setattr(pool, "_run_on_pool", lambda *a: (calls.append(a[0]), real(*a)))
+    on_pool = run()
+    assert set(calls) == {split._halves_forward, split._halves_backward}
+    for x, y in zip(on_openmp, on_pool, strict=True):
+        assert torch.equal(x, y)

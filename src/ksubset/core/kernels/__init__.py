@@ -18,7 +18,8 @@ per step:
    LANES_MAX_K`` with several rows);
 5. :mod:`.pool` spreads rows over ``torch.get_num_threads()`` threads (numba's OpenMP threads running the
    :mod:`.parallel` twins of the kernels, else a Python thread pool); rows the kernel cannot compute are
-   counted and recomputed by the tree engine (:mod:`.fallback`, :data:`FALLBACK_POLICY`).
+   counted and recomputed by the tree engine (:mod:`.fallback`, :data:`FALLBACK_POLICY`); when rows are
+   fewer than threads, a long row's two halves are swept on two threads (:mod:`.split`).
 
 Cost per row, in passes of ``m k`` multiply-adds: ``log_partition`` 1; ``marginals``, ``entropy`` and
 ``sample_and_marginals`` 3 (4 with checkpoints); ``sample`` 1 (2); ``cov_vec`` 7 (9). Peak memory with
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,10 +52,12 @@ except ImportError:  # pragma: no cover - exercised only without numba
     numba = None  # type: ignore[assignment]
 
 if numba is not None:
+    from . import split as _split
     from .categorical import _categorical_cov_rows, _categorical_rows
     from .forward import _block_size, _log_z_rows
     from .lanes import LANES, _lanes_log_z_rows, _lanes_rows
     from .rows import _sweep_rows
+    from .split import split_row_sweep
 
 __all__ = [
     "available",
@@ -215,12 +219,36 @@ def _sweep_tilted(
         _run_rows(_lanes_rows, B, n, K, *args, mode, T, align=LANES)
     else:
         s = _block_size(n, K, TABLE_LIMIT)
-        _run_rows(_sweep_rows, B, n, K, th, kk, K, s, *args[3:], dense)
+        if _split_wanted(B, n, K):  # long rows, fewer than threads: each row's halves in parallel
+            _split_rows(th, kk, K, s, dense, args)
+        else:
+            _run_rows(_sweep_rows, B, n, K, th, kk, K, s, *args[3:], dense)
     zt, mut, covt, ht = torch.from_numpy(z), torch.from_numpy(mu), torch.from_numpy(cov), torch.from_numpy(h)
     if not ok.all():  # a safety net (see .fallback)
         _fb.report("the sweep", int((~ok).sum()), FALLBACK_POLICY)
         zt, mut, covt, ht = _fb.recompute_sweep(theta, k, K, want_mu, v, u, want_h, ok, zt, mut, covt, ht)
     return zt, mut, covt, ht, kept
+
+
+def _split_wanted(B: int, n: int, K: int) -> bool:
+    """Whether rows are fewer than threads and long enough to sweep each over two threads (:mod:`.split`)."""
+    return B < torch.get_num_threads() and n >= _split.SPLIT_MIN_ITEMS and B * n * (K + 1) >= PARALLEL_MIN_WORK
+
+
+def _split_rows(th, kk, K, s, dense, args) -> None:
+    """The sweep of each row, its two halves on two threads (:mod:`.split`) where it is long enough."""
+    want_mu, want_cov, want_h, vv, uu, z, mu, cov, h, ok = args[3:]
+
+    def run(fn, B, fn_args):
+        run_rows(fn, B, 2, fn_args, 1, 1)
+
+    for b in range(th.shape[0]):
+        m = int(np.count_nonzero(th[b] > -np.inf))
+        if 0 < kk[b] < m and m >= max(_split.SPLIT_MIN_ITEMS, 2):
+            ok[b] = split_row_sweep(th, kk, TABLE_LIMIT, want_mu, want_cov, want_h, vv, uu, b, z, mu, cov, h, run)
+        else:
+            sweep: Any = _sweep_rows  # a numba dispatcher (its signature is the Python function's)
+            sweep(th, kk, K, s, *args[3:], dense, b, b + 1)
 
 
 def uniforms(theta: Tensor, num_samples: int, generator=None) -> Tensor:

@@ -99,43 +99,79 @@ def _row_sweep(th, k, s, want_mu, want_cov, want_h, v, u, b, z, mu_out, cov_out,
         return True
     with_g = want_cov
     if with_g:
-        sp = 0.0
-        spv = 0.0
-        for i in range(m):
-            sp += p[i]
-            spv += p[i] * v[idx[i]]
-        vbar = spv / sp
-        for i in range(m):
-            w[i] = v[idx[i]] - vbar
+        _centre(v, idx, p, w, m)
     dn = _dense_width(k) if dense else 0
     L = max(k, dn) + 2
     nb = (m + s) // s  # blocks of table rows 0..m
-    _forward(ta, tg, ea, ca, cg, ce, with_g, s, nb, p, q, w, m, k, dn)
+    _forward(ta, tg, ea, ca, cg, ce, with_g, s, nb, p, q, w, m, m, k, dn)
     last = m - (nb - 1) * s
     zk = ta[last, k]
     if not (zk > 0.0 and zk < np.inf):
         return False
-    ez = ea[last]
-    inv_zk = 1.0 / zk
-    log_zk = math.log(zk)
-    gbar = tg[last, k] * inv_zk if with_g else 0.0  # E[z . w]
-    want_r = want_mu or want_cov
-    # backward vectors R (and H): rows ra / 1 - ra of rr (hh); R_{m+1} = e_k, H_{m+1} = 0
+    gbar = tg[last, k] / zk if with_g else 0.0  # E[z . w]
+    # backward vectors R_{m+1} = e_k, H_{m+1} = 0 (row 0 of rr, hh)
     for t in range(L):
         rr[0, t] = 0.0
         rr[1, t] = 0.0
         hh[0, t] = 0.0
         hh[1, t] = 0.0
     rr[0, k] = 1.0
-    ra = 0
-    er = 0
     for si in range(S):
         need[si] = k
+    _sweep_back(
+        ta, tg, ea, ca, cg, ce, rr, hh, need, with_g, want_mu, s, nb, idx, x, p, q, w, m, m, k, dn,
+        zk, ea[last], 0, gbar, u, b, u[:0, 0, 0], z, mu_out, cov_out,
+    )  # fmt: skip
+    if want_h:
+        h_out[b] = _entropy(x, idx, mu_out, m, math.log(zk) + ea[last] * _LN2)
+    return True
+
+
+@_raw
+def _centre(v, idx, p, w, m):
+    """``w_i = v_i - (sum_j p_j v_j) / (sum_j p_j)`` on the ``m`` free items (the centring of ``Cov v``)."""
+    sp = 0.0
+    spv = 0.0
+    for i in range(m):
+        sp += p[i]
+        spv += p[i] * v[idx[i]]
+    vbar = spv / sp
+    for i in range(m):
+        w[i] = v[idx[i]] - vbar
+
+
+@_raw
+def _entropy(x, idx, mu_out, m, log_pk):
+    """``H = log Pr(S = k) + sum_i softplus(y_i) - mu_i y_i`` from ``log_pk = log Pr(S = k)`` (tilted)."""
+    h = log_pk
+    for i in range(m):
+        h += _entropy_term(x[i], mu_out[idx[i]])
+    return h
+
+
+@_raw
+def _sweep_back(
+    ta, tg, ea, ca, cg, ce, rr, hh, need, with_g, want_mu, s, nb, idx, x, p, q, w, m, mb, k, dn,
+    zk, ez, er, gbar, u, b, u_first, z, mu_out, cov_out,
+):  # fmt: skip
+    """The backward sweep over ``m`` items (of a row of ``mb``), from the end vectors in row 0 of ``rr``
+    (``R``) and ``hh`` (``H``), their power-of-two exponent ``er``, and ``need`` (items still to draw, per
+    sample), with the forward state of :func:`.forward._forward` (last block in ``ta``, checkpoints).
+
+    ``zk 2^ez = Pr(S = k)`` (tilted), ``gbar = E[z . w]``. Draws item ``i`` with the uniform
+    ``u[si, b, idx[i - 1]]``, except the first item swept (item ``m``) with ``u_first[si]`` when ``u_first``
+    is not empty. Writes ``z[:, b]``, ``mu_out`` and ``cov_out`` at the items' columns ``idx``.
+    """
+    S = u.shape[0]
+    inv_zk = 1.0 / zk
+    log_zk = math.log(zk)
+    want_r = want_mu or with_g
+    ra = 0
     for blk in range(nb - 1, -1, -1):
         r0 = blk * s
         r1 = min(r0 + s - 1, m)
         if blk < nb - 1:
-            _restore(ta, tg, ea, ca, cg, ce, with_g, blk, s, p, q, w, m, k, dn)
+            _restore(ta, tg, ea, ca, cg, ce, with_g, blk, s, p, q, w, m, mb, k, dn)
         for i in range(min(r1 + 1, m), r0, -1):
             row = i - 1 - r0  # A_{i-1}
             pi = p[i - 1]
@@ -143,9 +179,9 @@ def _row_sweep(th, k, s, want_mu, want_cov, want_h, v, u, b, z, mu_out, cov_out,
             if dn > 0:  # dense: R on [0, dn - 1], its entry dn stays 0
                 plo, phi, lo, hi = 0, dn - 1, 1, dn
             else:
-                plo = max(0, k - (m - i + 1))  # band of A_{i-1} (= band of R_i)
+                plo = max(0, k - (mb - i + 1))  # band of A_{i-1} (= band of R_i)
                 phi = min(i - 1, k)
-                lo = max(0, k - (m - i))  # band of A_i (= band of R_{i+1})
+                lo = max(0, k - (mb - i))  # band of A_i (= band of R_{i+1})
                 hi = min(i, k)
             item = idx[i - 1]
             # --- samples: j items still needed from items 1..i
@@ -156,8 +192,9 @@ def _row_sweep(th, k, s, want_mu, want_cov, want_h, v, u, b, z, mu_out, cov_out,
                 t1 = pi * ta[row, j - 1]
                 t0 = qi * ta[row, j] if j <= phi else 0.0
                 tot = t0 + t1
+                ui = u_first[si] if i == m and u_first.shape[0] > 0 else u[si, b, item]
                 if tot > 0.0:
-                    take = u[si, b, item] * tot < t1
+                    take = ui * tot < t1
                 else:  # numerically unreachable state: taking is always feasible
                     take = True
                 if take:
@@ -196,9 +233,3 @@ def _row_sweep(th, k, s, want_mu, want_cov, want_h, v, u, b, z, mu_out, cov_out,
                 ra = 1 - ra
                 if i % _RESCALE == 0:
                     er += _rescale(rr, hh, ra, with_g, plo, phi)
-    if want_h:
-        h = log_zk + ez * _LN2  # log Pr(S = k)
-        for i in range(m):
-            h += _entropy_term(x[i], mu_out[idx[i]])
-        h_out[b] = h
-    return True

@@ -91,12 +91,13 @@ def _band(i, m, k, dn):
 
 
 @_raw
-def _fwd_rows(ta, tg, ea, with_g, r0, r1, p, q, w, m, k, dn):
-    """Forward rows ``r0 + 1 .. r1`` into ``ta[r - r0]`` from row ``r0`` in ``ta[0]`` (and ``tg``)."""
+def _fwd_rows(ta, tg, ea, with_g, r0, r1, p, q, w, mb, k, dn):
+    """Forward rows ``r0 + 1 .. r1`` into ``ta[r - r0]`` from row ``r0`` in ``ta[0]`` (and ``tg``); bands as in a row of
+    ``mb`` items (see :func:`_forward`)."""
     for r in range(r0 + 1, r1 + 1):
         pi = p[r - 1]
         qi = q[r - 1]
-        lo, hi = _band(r, m, k, dn)
+        lo, hi = _band(r, mb, k, dn)
         pr = r - 1 - r0
         cr = r - r0
         _fstep(ta, pr, cr, pi, qi, lo, hi)
@@ -117,8 +118,10 @@ def _block_size(n, K, limit):
 
 
 @_raw
-def _forward(ta, tg, ea, ca, cg, ce, with_g, s, nb, p, q, w, m, k, dn):
-    """The whole forward pass; keeps checkpoints (when ``nb > 1``) and leaves the last block in ``ta``."""
+def _forward(ta, tg, ea, ca, cg, ce, with_g, s, nb, p, q, w, m, mb, k, dn):
+    """The whole forward pass over ``m`` items; keeps checkpoints (when ``nb > 1``) and leaves the last block in
+    ``ta``. Bands are those of a row of ``mb >= m`` items (``mb > m``: these are the first ``m`` items of a row
+    whose other ``mb - m`` items are swept separately, see :mod:`.split`)."""
     L = dn + 2 if dn > 0 else 2
     for t in range(L):
         ta[0, t] = 0.0
@@ -130,7 +133,7 @@ def _forward(ta, tg, ea, ca, cg, ce, with_g, s, nb, p, q, w, m, k, dn):
         r0 = blk * s
         r1 = min(r0 + s - 1, m)
         if blk > 0:  # row r0 from the last row of the previous block (rows s-1 and 0 differ: s >= 2)
-            lo, hi = _band(r0, m, k, dn)
+            lo, hi = _band(r0, mb, k, dn)
             _fstep(ta, s - 1, 0, p[r0 - 1], q[r0 - 1], lo, hi)
             if with_g:
                 _gstep(tg, ta, s - 1, 0, p[r0 - 1], q[r0 - 1], w[r0 - 1], lo, hi)
@@ -142,11 +145,11 @@ def _forward(ta, tg, ea, ca, cg, ce, with_g, s, nb, p, q, w, m, k, dn):
             if with_g:
                 for t in range(max(k, dn) + 2):
                     cg[blk, t] = tg[0, t]
-        _fwd_rows(ta, tg, ea, with_g, r0, r1, p, q, w, m, k, dn)
+        _fwd_rows(ta, tg, ea, with_g, r0, r1, p, q, w, mb, k, dn)
 
 
 @_raw
-def _restore(ta, tg, ea, ca, cg, ce, with_g, blk, s, p, q, w, m, k, dn):
+def _restore(ta, tg, ea, ca, cg, ce, with_g, blk, s, p, q, w, m, mb, k, dn):
     """Recompute block ``blk`` of the forward table from its checkpoint."""
     r0 = blk * s
     r1 = min(r0 + s - 1, m)
@@ -156,7 +159,7 @@ def _restore(ta, tg, ea, ca, cg, ce, with_g, blk, s, p, q, w, m, k, dn):
     if with_g:
         for t in range(max(k, dn) + 2):
             tg[0, t] = cg[blk, t]
-    _fwd_rows(ta, tg, ea, with_g, r0, r1, p, q, w, m, k, dn)
+    _fwd_rows(ta, tg, ea, with_g, r0, r1, p, q, w, mb, k, dn)
 
 
 @_jit

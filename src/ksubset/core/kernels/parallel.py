@@ -17,6 +17,7 @@ from .categorical import _categorical_cov_rows, _categorical_rows
 from .forward import _log_z_rows
 from .lanes import _lanes_log_z_rows, _lanes_rows
 from .rows import _sweep_rows
+from .split import _halves_backward, _halves_forward
 
 # Same code-generation choices as :mod:`.common` (the twins only loop and call the kernels).
 _par = numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy")
@@ -65,6 +66,24 @@ def _categorical_cov_rows_par(bounds, p, theta, v, out):
 
 
 @_par
+def _halves_forward_par(bounds, p, q, w, m, k, dn, s, with_g, ta, tg, ea, ca, cg, ce):
+    for c in numba.prange(bounds.shape[0] - 1):
+        _halves_forward(p, q, w, m, k, dn, s, with_g, ta, tg, ea, ca, cg, ce, bounds[c], bounds[c + 1])
+
+
+@_par
+def _halves_backward_par(
+    bounds, ta, tg, ea, ca, cg, ce, rr, hh, er, need, with_g, want_mu, s, idx, x, p, q, w, m, k, dn,
+    zk, ez, gbar, u, b, u_first, z, mu_out, cov_out,
+):  # fmt: skip
+    for c in numba.prange(bounds.shape[0] - 1):
+        _halves_backward(
+            ta, tg, ea, ca, cg, ce, rr, hh, er, need, with_g, want_mu, s, idx, x, p, q, w, m, k, dn,
+            zk, ez, gbar, u, b, u_first, z, mu_out, cov_out, bounds[c], bounds[c + 1],
+        )  # fmt: skip
+
+
+@_par
 def _probe(out):
     """Writes each index of ``out``: one parallel launch, to find which threading layer numba loads."""
     for i in numba.prange(out.shape[0]):
@@ -79,4 +98,6 @@ TWINS = {
     _log_z_rows: _log_z_rows_par,
     _categorical_rows: _categorical_rows_par,
     _categorical_cov_rows: _categorical_cov_rows_par,
+    _halves_forward: _halves_forward_par,
+    _halves_backward: _halves_backward_par,
 }
