@@ -57,6 +57,18 @@ def enumerate_row(theta, k: int, mask=None) -> Enumerated:
     return Enumerated(subsets, logw, float(log_z), probs, mu, cov, float(ent))
 
 
+def subset_chi_square(draws, theta, k: int) -> tuple[float, int]:
+    """Pearson's chi-square of the subsets drawn (``draws [S, n]`` in {0, 1}, one row's) against their exact
+    probabilities under ``theta [n]``; returns the statistic and its degrees of freedom."""
+    e = enumerate_row(theta, k)
+    code = {tuple(np.flatnonzero(s)): i for i, s in enumerate(e.subsets)}
+    counts = np.zeros(len(code))
+    for row in np.asarray(draws):
+        counts[code[tuple(np.flatnonzero(row))]] += 1
+    expected = e.probs * len(draws)
+    return float(((counts - expected) ** 2 / expected).sum()), len(code) - 1
+
+
 def kl_rows(p_theta, q_theta, k: int) -> float:
     p = enumerate_row(p_theta, k)
     q = enumerate_row(q_theta, k)

@@ -15,7 +15,7 @@ pytest.importorskip("numba")
 import ksubset  # noqa: E402
 from ksubset.core import functions, kernels, reference, tree, use_engine  # noqa: E402
 
-from oracle import enumerate_row  # noqa: E402
+from oracle import enumerate_row, subset_chi_square  # noqa: E402
 
 SCALES = [0.01, 1.0, 30.0, 1000.0]
 
@@ -165,15 +165,9 @@ def test_samples_follow_the_law():
     z = kernels.sample(theta, k, 3, S, torch.Generator().manual_seed(0))[:, 0]
     assert z.dtype == torch.int64 and z.shape == (S, 7)
     assert (z.sum(-1) == 3).all() and (z[:, 3] == 0).all()
-    e = enumerate_row(theta[0].numpy(), 3)
-    code = {tuple(np.flatnonzero(s)): i for i, s in enumerate(e.subsets)}
-    counts = np.zeros(len(code))
-    for row in z.numpy():
-        counts[code[tuple(np.flatnonzero(row))]] += 1
-    expected = e.probs * S
-    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    chi2, dof = subset_chi_square(z.numpy(), theta[0].numpy(), 3)
     # 19 degrees of freedom: P(chi2 > 50) ~ 1e-4
-    assert chi2 < 50.0, chi2
+    assert dof == 19 and chi2 < 50.0, chi2
 
 
 def test_inclusion_frequencies_match_marginals():

@@ -13,7 +13,7 @@ pytest.importorskip("numba")
 from ksubset.core import kernels  # noqa: E402
 from ksubset.core.kernels import split  # noqa: E402
 
-from oracle import enumerate_row  # noqa: E402
+from oracle import enumerate_row, subset_chi_square  # noqa: E402
 
 
 @pytest.fixture
@@ -103,14 +103,7 @@ def test_split_draws_follow_the_law(forced, k):
     z = kernels.sample(theta, torch.tensor([k]), k, S, torch.Generator().manual_seed(k))[:, 0]
     assert forced, "the split path was not taken"
     assert (z.sum(-1) == k).all() and (z[:, 3] == 0).all()
-    e = enumerate_row(theta[0].numpy(), k)
-    code = {tuple(np.flatnonzero(s)): i for i, s in enumerate(e.subsets)}
-    counts = np.zeros(len(code))
-    for row in z.numpy():
-        counts[code[tuple(np.flatnonzero(row))]] += 1
-    expected = e.probs * S
-    chi2 = float(((counts - expected) ** 2 / expected).sum())
-    dof = len(code) - 1
+    chi2, dof = subset_chi_square(z.numpy(), theta[0].numpy(), k)
     # P(chi2 > dof + 6 sqrt(2 dof)) is below 1e-4 for these degrees of freedom
     assert chi2 < dof + 6 * np.sqrt(2 * dof), (chi2, dof)
 

@@ -34,6 +34,13 @@ SPLIT_MIN_ITEMS = 1 << 16
 
 
 @_raw
+def _half(m, h):
+    """Offset and length of half ``h`` (0 or 1) of ``m`` items in their stored order (the first has ``m // 2``)."""
+    m1 = m // 2
+    return (0, m1) if h == 0 else (m1, m - m1)
+
+
+@_raw
 def _last(mh, s):
     """Row of the last forward vector in the last block of a half of ``mh`` items."""
     return mh - ((mh + s) // s - 1) * s
@@ -65,10 +72,8 @@ def _prepare(th, k, v, idx, x, p, q, w, with_g):
 @_jit
 def _halves_forward(p, q, w, m, k, dn, s, with_g, ta, tg, ea, ca, cg, ce, h0, h1):
     """Step 1 for halves ``h0 .. h1-1`` (half ``h`` covers items ``h * (m // 2)`` on, in their stored order)."""
-    m1 = m // 2
     for h in range(h0, h1):
-        o = 0 if h == 0 else m1
-        mh = m1 if h == 0 else m - m1
+        o, mh = _half(m, h)
         nb = (mh + s) // s
         wh = w[o : o + mh] if with_g else w
         ph, qh = p[o : o + mh], q[o : o + mh]
@@ -139,10 +144,8 @@ def _halves_backward(
     zk, ez, gbar, u, b, u_first, z, mu_out, cov_out, h0, h1,
 ):  # fmt: skip
     """Step 3 for halves ``h0 .. h1-1``."""
-    m1 = m // 2
     for h in range(h0, h1):
-        o = 0 if h == 0 else m1
-        mh = m1 if h == 0 else m - m1
+        o, mh = _half(m, h)
         nb = (mh + s) // s
         wh = w[o : o + mh] if with_g else w
         uf = u_first if h == 0 else u_first[:0]
