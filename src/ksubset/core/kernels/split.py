@@ -81,11 +81,12 @@ def _halves_forward(p, q, w, m, k, dn, s, with_g, ta, tg, ea, ca, cg, ce, h0, h1
 
 
 @_jit
-def _combine(ta, tg, ea, m, k, dn, s, with_g, rr, hh, er, need, u_first, u, b, idx, L):
+def _combine(ta, tg, ea, m, k, s, with_g, rr, hh, er, need, u_first, u, b, idx, L):
     """Step 2: each half's end vectors (row 0 of ``rr[h]``, ``hh[h]``, exponent ``er[h]``), the counts per
-    sample (``need[h]``), the recycled uniforms of the first half's first swept item (``u_first``). Returns
-    ``(zk, ez, gbar)``
-    with ``zk 2^ez = Pr(S = k)``; ``zk`` is not a positive finite number when the row cannot be computed."""
+    sample (``need[h]``), the recycled uniforms of the first half's first swept item (``u_first``).
+
+    Returns ``(zk, ez, gbar)`` with ``zk 2^ez = Pr(S = k)`` and ``gbar = E[z . w]``; ``zk`` is not a positive
+    finite number when the row cannot be computed."""
     m1 = m // 2
     la, lb = _last(m1, s), _last(m - m1, s)
     for h in range(2):
@@ -161,9 +162,8 @@ def split_row_sweep(th, k, limit, want_mu, want_cov, want_h, v, u, b, z, mu_out,
     ``mu_out[b]``, ``Cov v`` into ``cov_out[b]``, entropy into ``h_out[b]``), its halves on two threads.
 
     ``th [B, n]`` float64, ``k [B]`` int64, ``limit`` the largest forward table kept whole (entries),
-    ``run(fn, B, args)`` runs
-    ``fn(*args, b0, b1)`` over ``0 .. B-1`` on the threads. The row must have ``0 < k[b] < m`` free items and
-    ``m >= 4``. Returns False when the row could not be computed.
+    ``run(fn, B, args)`` runs ``fn(*args, b0, b1)`` over ``0 .. B-1`` on the threads. The row must have
+    ``m >= 2`` free items and ``0 < k[b] < m``. Returns False when the row could not be computed.
     """
     n = th.shape[1]
     kb = int(k[b])
@@ -188,7 +188,7 @@ def split_row_sweep(th, k, limit, want_mu, want_cov, want_h, v, u, b, z, mu_out,
     er = np.empty(2, np.int64)
     need = np.empty((2, S), np.int64)
     u_first = np.empty(S)
-    zk, ez, gbar = _combine(ta, tg, ea, m, kb, dn, s, with_g, rr, hh, er, need, u_first, u, b, idx, L)
+    zk, ez, gbar = _combine(ta, tg, ea, m, kb, s, with_g, rr, hh, er, need, u_first, u, b, idx, L)
     if not (0.0 < zk < math.inf):
         return False
     args = (ta, tg, ea, ca, cg, ce, rr, hh, er, need, with_g, want_mu or want_h, s, idx, x, p, q, w, m, kb, dn)
