@@ -5,8 +5,12 @@ Each twin takes ``bounds`` (int64, ``C + 1`` chunk boundaries) and the kernel's 
 kernel on rows ``bounds[c] .. bounds[c+1]-1`` for every chunk ``c`` in a ``prange`` loop. Chunks write
 disjoint rows of the outputs, so the twins need no synchronisation. Why twins instead of a Python thread
 pool: a pool hand-off costs tens of microseconds a call and, with PyTorch's own OpenMP workers spinning
-after each operation, often much more on a busy two-core machine; a parallel region of the same OpenMP
-runtime family starts in a few microseconds (measured in the closing note of the speed issue).
+after each operation, often much more on a busy two-core machine; a parallel region starts on threads
+that are awake (measured in :mod:`.pool`).
+
+Why one twin per kernel, spelled out, instead of one generic ``twin(kernel, bounds, args)``: numba keys a
+function that takes a dispatcher argument on that dispatcher object, so its on-disk cache never hits and
+every process would compile the twin again (20 s for the lanes kernel's).
 """
 
 from __future__ import annotations
